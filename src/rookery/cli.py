@@ -1,0 +1,204 @@
+"""Command line: ``rookery serve | adduser | passwd | deluser | users | check``.
+
+Every error is one line naming the problem, with a non-zero exit status.  User commands work while
+the server runs: they write to storage and tell the running server over its control socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import signal
+import sys
+from typing import Any
+
+from .config import Config, ConfigError, load_config
+from .jid import JID, InvalidJID
+
+
+class CLIError(Exception):
+    pass
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def _account_jid(cfg: Config, s: str) -> JID:
+    try:
+        j = JID.parse(s)
+    except InvalidJID as e:
+        raise CLIError(f"invalid JID {s!r}: {e}") from None
+    if j.local is None or j.resource is not None:
+        raise CLIError(f"invalid JID {s!r}: an account address is user@domain")
+    if j.domain not in cfg.domains:
+        raise CLIError(f"domain {j.domain!r} is not served here (domains: {', '.join(cfg.domains)})")
+    return j
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password is not None:
+        pw = args.password
+    elif sys.stdin.isatty():
+        pw = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != pw:
+            raise CLIError("the passwords do not match")
+    else:
+        pw = sys.stdin.readline().rstrip("\r\n")
+    if not pw:
+        raise CLIError("the password must not be empty")
+    try:
+        from precis_i18n import get_profile
+
+        get_profile("OpaqueString").enforce(pw)
+    except UnicodeError as e:
+        raise CLIError(f"the password is not valid (RFC 8265 OpaqueString): {e}") from None
+    return pw
+
+
+async def _with_storage(cfg: Config, fn: Any) -> Any:
+    from .storage.sql import make_storage
+
+    cfg.data_path().mkdir(parents=True, exist_ok=True)
+    st = make_storage(cfg.storage, str(cfg.data_path()), offline_limit=cfg.offline.max_messages)
+    await st.open()
+    try:
+        return await fn(st)
+    finally:
+        await st.close()
+
+
+def cmd_adduser(args: argparse.Namespace) -> int:
+    from .streams.sasl import make_credentials
+
+    cfg = _config(args)
+    j = _account_jid(cfg, args.jid)
+    pw = _read_password(args)
+    creds = make_credentials(pw)
+    assert j.local is not None
+    if not asyncio.run(_with_storage(cfg, lambda st: st.accounts.create(j.domain, j.local, creds))):
+        raise CLIError(f"user {j.bare} already exists")
+    print(f"created {j.bare}")
+    return 0
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    from .streams.sasl import make_credentials
+
+    cfg = _config(args)
+    j = _account_jid(cfg, args.jid)
+    pw = _read_password(args)
+    creds = make_credentials(pw)
+    assert j.local is not None
+    if not asyncio.run(_with_storage(cfg, lambda st: st.accounts.set_credentials(j.domain, j.local, creds))):
+        raise CLIError(f"user {j.bare} does not exist")
+    print(f"password changed for {j.bare}")
+    return 0
+
+
+def cmd_deluser(args: argparse.Namespace) -> int:
+    from .control import notify
+
+    cfg = _config(args)
+    j = _account_jid(cfg, args.jid)
+    assert j.local is not None
+    if not asyncio.run(_with_storage(cfg, lambda st: st.accounts.delete(j.domain, j.local))):
+        raise CLIError(f"user {j.bare} does not exist")
+    notify(cfg.data_path(), {"op": "user-deleted", "host": j.domain, "user": j.local})
+    print(f"deleted {j.bare}")
+    return 0
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    host = None
+    if args.domain:
+        try:
+            host = JID.parse(args.domain).domain
+        except InvalidJID as e:
+            raise CLIError(f"invalid domain {args.domain!r}: {e}") from None
+        if host not in cfg.domains:
+            raise CLIError(f"domain {host!r} is not served here (domains: {', '.join(cfg.domains)})")
+    for h, u in asyncio.run(_with_storage(cfg, lambda st: st.accounts.list(host))):
+        print(f"{u}@{h}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    print(f"configuration OK: domains {', '.join(cfg.domains)}; storage {cfg.storage}; "
+          f"{len(cfg.modules)} modules")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return runner(_serve(cfg))
+
+
+async def _serve(cfg: Config) -> int:
+    from .server import Server
+
+    server = Server(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+    except OSError as e:
+        await server.stop(timeout=0)
+        raise CLIError(str(e)) from None
+    await stop.wait()
+    logging.getLogger("rookery").info("shutting down")
+    await server.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    helptext = "TOML configuration file (default: built-in defaults)"
+    p = argparse.ArgumentParser(prog="rookery", description="Rookery XMPP server")
+    p.add_argument("--config", "-c", metavar="FILE", help=helptext)
+    # accepted after the sub-command too; SUPPRESS keeps a top-level --config from being reset
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", metavar="FILE", help=helptext, default=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", parents=[common], help="run the server").set_defaults(fn=cmd_serve)
+    for name, fn, helptext in (("adduser", cmd_adduser, "create an account"),
+                               ("passwd", cmd_passwd, "change an account's password")):
+        sp = sub.add_parser(name, parents=[common], help=helptext)
+        sp.add_argument("jid", help="user@domain")
+        sp.add_argument("--password", "-p", help="the password (prompted for when omitted; read from stdin when not a terminal)")
+        sp.set_defaults(fn=fn)
+    sp = sub.add_parser("deluser", parents=[common], help="delete an account and all its data")
+    sp.add_argument("jid", help="user@domain")
+    sp.set_defaults(fn=cmd_deluser)
+    sp = sub.add_parser("users", parents=[common], help="list accounts")
+    sp.add_argument("domain", nargs="?")
+    sp.set_defaults(fn=cmd_users)
+    sub.add_parser("check", parents=[common], help="validate the configuration").set_defaults(fn=cmd_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (CLIError, ConfigError) as e:
+        print(f"rookery: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

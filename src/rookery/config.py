@@ -1,0 +1,146 @@
+"""Typed settings loaded from ``rookery.toml`` (every setting has a default; see docs/configuration.md).
+
+An unknown key or a bad value stops start-up with ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .jid import InvalidJID, nameprep
+
+DEFAULT_MODULES = [
+    "roster", "presence", "disco", "caps", "ping", "version", "time", "last", "vcard", "private",
+    "offline", "session",
+]
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _check_listen(values: list[str]) -> list[str]:
+    for v in values:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{v!r} is not \"host:port\" (use \"*:5222\" for all interfaces, \"[::1]:5222\" for IPv6)")
+    return values
+
+
+class C2SConfig(_Section):
+    listen: list[str] = ["*:5222"]
+    direct_tls_listen: list[str] = ["*:5223"]
+    require_encryption: bool = True
+    legacy_auth: bool = False
+    allow_plaintext_auth: bool = False
+    max_stanza_size: int = Field(262144, ge=1024)
+    max_depth: int = Field(32, ge=4)
+    auth_failure_delay: float = Field(1.0, ge=0)
+    keepalive_interval: float = Field(300.0, ge=0)
+    handshake_timeout: float = Field(60.0, gt=0)
+
+    _v_listen = field_validator("listen", "direct_tls_listen")(_check_listen)
+
+
+class S2SConfig(_Section):
+    listen: list[str] = []
+
+    _v_listen = field_validator("listen")(_check_listen)
+
+
+class HTTPConfig(_Section):
+    listen: list[str] = []
+
+    _v_listen = field_validator("listen")(_check_listen)
+
+
+class TLSConfig(_Section):
+    cert: str | None = None
+    key: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class OfflineConfig(_Section):
+    max_messages: int = Field(1000, ge=0)
+
+
+class VersionConfig(_Section):
+    show_os: bool = False
+
+
+class Config(_Section):
+    domains: list[str] = ["localhost"]
+    data_dir: str = "rookery-data"
+    storage: str = "sqlite"
+    modules: list[str] = list(DEFAULT_MODULES)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    c2s: C2SConfig = C2SConfig()
+    s2s: S2SConfig = S2SConfig()
+    http: HTTPConfig = HTTPConfig()
+    tls: TLSConfig = TLSConfig()
+    offline: OfflineConfig = OfflineConfig()
+    version: VersionConfig = VersionConfig()
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one domain must be served")
+        out = []
+        for d in v:
+            try:
+                out.append(nameprep(d))
+            except InvalidJID as e:
+                raise ValueError(f"{d!r} is not a valid domain ({e})") from None
+        return out
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if v != "sqlite" and not v.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
+            raise ValueError('must be "sqlite" or a postgresql:// URL')
+        return v
+
+    @field_validator("modules")
+    @classmethod
+    def _modules(cls, v: list[str]) -> list[str]:
+        from .modules import available_modules
+
+        known = available_modules()
+        for m in v:
+            if m not in known:
+                raise ValueError(f"unknown module {m!r} (available: {', '.join(sorted(known))})")
+        return v
+
+    def data_path(self, *parts: str) -> Path:
+        return Path(self.data_dir).joinpath(*parts)
+
+
+def load_config(path: str | None) -> Config:
+    """Load ``path`` (or the defaults when None).  Raises ``ConfigError`` with a one-line message."""
+    data: dict = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        where = path or "defaults"
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise ConfigError(f"{where}: {key}: {msg}{more}") from None

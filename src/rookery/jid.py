@@ -1,0 +1,146 @@
+"""XMPP addresses: RFC 7622 with PRECIS (RFC 8264/8265) via ``precis-i18n``.
+
+A ``JID`` is immutable, normalized at parse time and cached, so parsing the same string twice costs a
+dict lookup.  Localpart: UsernameCaseMapped profile (§3.3) minus the characters of §3.3.1;
+resourcepart: OpaqueString profile (§3.4); domainpart: lower-cased IDNA2008 U-labels (§3.2), or an IP
+literal.  Each part is limited to 1023 octets (§3.1).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+import idna
+import precis_i18n
+
+_USERNAME = precis_i18n.get_profile("UsernameCaseMapped")
+_OPAQUE = precis_i18n.get_profile("OpaqueString")
+_LOCAL_FORBIDDEN = set('"&\'/:<>@')
+_DOMAIN_ASCII_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-._")
+
+
+class InvalidJID(ValueError):
+    """Raised for a malformed address (stanza error ``<jid-malformed/>``, RFC 6120 §8.3.3.8)."""
+
+
+def _octets(s: str) -> int:
+    return len(s.encode("utf-8"))
+
+
+def nodeprep(local: str) -> str:
+    """RFC 7622 §3.3 localpart normalization."""
+    if not local or _octets(local) > 1023:
+        raise InvalidJID("localpart length")
+    try:
+        out = _USERNAME.enforce(local)
+    except UnicodeError as e:
+        raise InvalidJID(f"localpart: {e}") from None
+    if _LOCAL_FORBIDDEN.intersection(out):
+        raise InvalidJID("localpart contains a forbidden character")
+    if _octets(out) > 1023:
+        raise InvalidJID("localpart length")
+    return out
+
+
+def resourceprep(resource: str) -> str:
+    """RFC 7622 §3.4 resourcepart normalization."""
+    if not resource or _octets(resource) > 1023:
+        raise InvalidJID("resourcepart length")
+    try:
+        out = _OPAQUE.enforce(resource)
+    except UnicodeError as e:
+        raise InvalidJID(f"resourcepart: {e}") from None
+    if _octets(out) > 1023:
+        raise InvalidJID("resourcepart length")
+    return out
+
+
+def nameprep(domain: str) -> str:
+    """RFC 7622 §3.2 domainpart normalization."""
+    if domain.endswith("."):
+        domain = domain[:-1]
+    if not domain or _octets(domain) > 1023:
+        raise InvalidJID("domainpart length")
+    if domain[0] == "[" and domain[-1] == "]":
+        try:
+            return "[" + ipaddress.IPv6Address(domain[1:-1]).compressed + "]"
+        except ValueError:
+            raise InvalidJID("bad IPv6 literal") from None
+    low = domain.lower()
+    if low.isascii():
+        if not _DOMAIN_ASCII_OK.issuperset(low) or any(
+            not label or len(label) > 63 for label in low.split(".")
+        ):
+            raise InvalidJID("bad domainpart")
+        return low
+    try:
+        return idna.decode(idna.encode(domain, uts46=True))
+    except idna.IDNAError as e:
+        raise InvalidJID(f"domainpart: {e}") from None
+
+
+class JID:
+    """An immutable, normalized JID.  Use ``JID.parse`` (cached) or ``JID(local, domain, resource)``."""
+
+    __slots__ = ("local", "domain", "resource", "bare", "full", "_hash")
+
+    def __init__(self, local: str | None, domain: str, resource: str | None = None, *, _norm: bool = True):
+        if _norm:
+            local = nodeprep(local) if local is not None else None
+            domain = nameprep(domain)
+            resource = resourceprep(resource) if resource is not None else None
+        self.local = local
+        self.domain = domain
+        self.resource = resource
+        self.bare = f"{local}@{domain}" if local is not None else domain
+        self.full = f"{self.bare}/{resource}" if resource is not None else self.bare
+        self._hash = hash(self.full)
+
+    @staticmethod
+    def parse(s: str) -> JID:
+        """Parse and normalize (RFC 7622 §3.1); raises ``InvalidJID``."""
+        return _parse(s)
+
+    @property
+    def is_bare(self) -> bool:
+        return self.resource is None
+
+    @property
+    def is_host(self) -> bool:
+        return self.local is None
+
+    def bare_jid(self) -> JID:
+        if self.resource is None:
+            return self
+        return _parse(self.bare)
+
+    def with_resource(self, resource: str) -> JID:
+        return JID(self.local, self.domain, resource)
+
+    def __str__(self) -> str:
+        return self.full
+
+    def __repr__(self) -> str:
+        return f"JID({self.full!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JID) and other.full == self.full
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+@lru_cache(maxsize=65536)
+def _parse(s: str) -> JID:
+    if not s or _octets(s) > 3071 + 2:
+        raise InvalidJID("empty or too long")
+    rest, slash, resource = s.partition("/")
+    if slash and not resource:
+        raise InvalidJID("empty resourcepart")
+    local, at, domain = rest.rpartition("@")
+    if not at:
+        local, domain = "", rest
+    elif not local:
+        raise InvalidJID("empty localpart")
+    return JID(local if at else None, domain, resource if slash else None)

@@ -1,0 +1,119 @@
+"""Storage interfaces (DESIGN.md "Data and durability").
+
+Every store is an async ``typing.Protocol``; the SQL backend in ``rookery.storage.sql`` implements all
+of them on SQLite (WAL, default) or PostgreSQL.  Users are always addressed by ``(host, user)``, both
+already normalised by ``rookery.jid`` (PRECIS), so stores never normalise anything themselves.
+Passwords never reach storage: only SCRAM salted keys (RFC 5802 §3) do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class ScramCredential:
+    """RFC 5802 §3 stored credentials for one hash (``"SHA-1"``, ``"SHA-256"``, ``"SHA-512"``)."""
+
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+
+@dataclass(slots=True)
+class RosterItem:
+    """RFC 6121 §2.1.2 roster item, plus the server-side subscription state of Appendix A.
+
+    ``subscription``: "none" | "to" | "from" | "both".  ``ask``: True while an outbound subscribe is
+    pending ("None + Pending Out" etc.).  ``approved``: a pre-approval (§3.4) given before any request.
+    """
+
+    jid: str
+    name: str | None = None
+    subscription: str = "none"
+    ask: bool = False
+    approved: bool = False
+    groups: list[str] = field(default_factory=list)
+
+
+class AccountStore(Protocol):
+    async def create(self, host: str, user: str, creds: dict[str, ScramCredential]) -> bool:
+        """Create the account; False when it already exists (atomic: concurrent creators, one wins)."""
+
+    async def get_credentials(self, host: str, user: str) -> dict[str, ScramCredential] | None:
+        """Credentials keyed by hash name, or None when there is no such account."""
+
+    async def set_credentials(self, host: str, user: str, creds: dict[str, ScramCredential]) -> bool:
+        """Replace the credentials; False when there is no such account."""
+
+    async def delete(self, host: str, user: str) -> bool:
+        """Delete the account and every piece of its data in every store; False when missing."""
+
+    async def exists(self, host: str, user: str) -> bool: ...
+
+    async def list(self, host: str | None = None) -> list[tuple[str, str]]:
+        """``(host, user)`` pairs sorted by host then user, optionally for one host."""
+
+
+class RosterStore(Protocol):
+    async def get(self, host: str, user: str) -> tuple[str, dict[str, RosterItem]]:
+        """(current version string, items keyed by contact bare JID).  Version is "0" for an empty,
+        never-written roster; it changes (strictly increasing integer as str) at every write."""
+
+    async def get_item(self, host: str, user: str, contact: str) -> RosterItem | None: ...
+
+    async def set_item(self, host: str, user: str, item: RosterItem) -> str:
+        """Insert or replace the item keyed by ``item.jid``; returns the new roster version."""
+
+    async def remove_item(self, host: str, user: str, contact: str) -> str:
+        """Remove the item (no error if missing); returns the new roster version."""
+
+    async def add_pending_in(self, host: str, user: str, contact: str, stanza: str) -> None:
+        """Remember an inbound subscription request (RFC 6121 §3.1.3) with its serialized stanza."""
+
+    async def remove_pending_in(self, host: str, user: str, contact: str) -> None: ...
+
+    async def get_pending_in(self, host: str, user: str) -> dict[str, str]:
+        """contact bare JID -> serialized subscribe stanza."""
+
+
+class KeyValueStore(Protocol):
+    """Small per-user documents: vcard-temp, private XML, last activity, and modules' own data.
+
+    ``store`` names the owner (e.g. "vcard", "private", "last"); ``key`` is free-form within it;
+    ``user`` may be "" for host-wide data.
+    """
+
+    async def get(self, store: str, host: str, user: str, key: str) -> str | None: ...
+
+    async def set(self, store: str, host: str, user: str, key: str, value: str) -> None: ...
+
+    async def delete(self, store: str, host: str, user: str, key: str) -> None: ...
+
+    async def keys(self, store: str, host: str, user: str) -> list[str]: ...
+
+
+class OfflineStore(Protocol):
+    """XEP-0160 offline messages, in arrival order."""
+
+    async def push(self, host: str, user: str, stanza: str) -> bool:
+        """Store one serialized stanza; False when the user's queue is full (limit from config)."""
+
+    async def pop_all(self, host: str, user: str) -> list[str]:
+        """Return and delete every stored stanza, oldest first (atomically)."""
+
+    async def count(self, host: str, user: str) -> int: ...
+
+
+class Storage(Protocol):
+    accounts: AccountStore
+    roster: RosterStore
+    kv: KeyValueStore
+    offline: OfflineStore
+
+    async def open(self) -> None:
+        """Connect and run migrations up to head (idempotent; safe when several processes open at once)."""
+
+    async def close(self) -> None: ...

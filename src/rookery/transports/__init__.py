@@ -1,0 +1,1 @@
+"""Byte carriers that feed streams: TCP (STARTTLS and direct TLS); later WebSocket and BOSH."""

@@ -1,0 +1,163 @@
+"""TCP transport: one ``asyncio.Protocol`` per connection, no task per connection (DESIGN.md hot path).
+
+Writes are buffered and flushed once per event-loop turn for all connections together.  STARTTLS
+(RFC 6120 §5) upgrades in place with ``loop.start_tls``; direct TLS (XEP-0368) listeners get TLS from
+the first byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Flusher:
+    """Collects transports with pending output and writes them all once per loop turn."""
+
+    __slots__ = ("_dirty", "_scheduled", "_loop")
+
+    def __init__(self) -> None:
+        self._dirty: list[StreamProtocol] = []
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, proto: StreamProtocol) -> None:
+        self._dirty.append(proto)
+        if not self._scheduled:
+            self._scheduled = True
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for p in dirty:
+            p.flush()
+
+
+FLUSHER = Flusher()
+
+
+class StreamProtocol(asyncio.Protocol):
+    """Carries bytes between a socket and a stream state machine built by ``stream_factory``."""
+
+    __slots__ = ("transport", "stream", "_out", "_factory", "is_secure", "ssl_context", "peer_ip",
+                 "is_loopback", "cb_data", "_closing", "_upgrading")
+
+    def __init__(self, stream_factory: Callable[[StreamProtocol], Any], ssl_context: ssl.SSLContext | None,
+                 direct_tls: bool, cb_data: bytes | None) -> None:
+        self._factory = stream_factory
+        self.ssl_context = ssl_context
+        self.is_secure = direct_tls
+        self.cb_data = cb_data
+        self.transport: asyncio.Transport | None = None
+        self.stream: Any = None
+        self._out: list[bytes] = []
+        self._closing = False
+        self._upgrading = False
+        self.peer_ip = ""
+        self.is_loopback = False
+
+    # asyncio.Protocol -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip = peer[0]
+            try:
+                self.is_loopback = ipaddress.ip_address(self.peer_ip.split("%")[0]).is_loopback
+            except ValueError:
+                self.is_loopback = False
+        self.stream = self._factory(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._closing:
+            self.stream.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._out.clear()
+        if self.stream is not None:
+            self.stream.connection_lost()
+
+    # for the stream -------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if not self._out:
+            FLUSHER.add(self)
+        self._out.append(data)
+
+    def flush(self) -> None:
+        if self._out and self.transport is not None and not self._closing:
+            out = self._out
+            self._out = []
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def close(self) -> None:
+        """Flush what is pending, then close the socket."""
+        if self._closing:
+            return
+        self.flush()
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.resume_reading()
+
+    async def start_tls(self) -> None:
+        """RFC 6120 §5.4.3.3: after <proceed/>, the TLS handshake on the same connection."""
+        assert self.ssl_context is not None and self.transport is not None
+        self.flush()
+        loop = asyncio.get_running_loop()
+        new = await loop.start_tls(self.transport, self, self.ssl_context, server_side=True,
+                                   ssl_handshake_timeout=30)
+        if new is None:
+            raise ConnectionError("TLS upgrade failed")
+        self.transport = new  # type: ignore[assignment]
+        self.is_secure = True
+
+    def tls_info(self) -> dict[str, str | None]:
+        if self.transport is None:
+            return {}
+        obj = self.transport.get_extra_info("ssl_object")
+        if obj is None:
+            return {}
+        return {"version": obj.version(), "cipher": (obj.cipher() or ("",))[0], "alpn": obj.selected_alpn_protocol()}
+
+
+def parse_listen(spec: str) -> tuple[str | None, int]:
+    host, _, port = spec.rpartition(":")
+    if host in ("*", ""):
+        return None, int(port)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+async def listen(spec: str, factory: Callable[[], asyncio.Protocol], ssl_ctx: ssl.SSLContext | None = None) -> asyncio.Server:
+    host, port = parse_listen(spec)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(factory, host, port, ssl=ssl_ctx, reuse_address=True, backlog=4096,
+                                    ssl_handshake_timeout=30 if ssl_ctx else None)

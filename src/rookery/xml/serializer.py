@@ -1,0 +1,89 @@
+"""Fast XML serializer (DESIGN.md hot path: ElementTree's ``tostring`` is slow).
+
+Namespaces are written as default-namespace declarations only where they change; tags without a
+namespace are in the stream's content namespace (see ``rookery.xml``).  Escaping uses ``str.translate``.
+"""
+
+from __future__ import annotations
+
+from xml.etree.ElementTree import Element
+
+from . import ns
+
+_TEXT = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_ATTR = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;"})
+_XML_PREFIX = "{%s}" % ns.XML
+_split_cache: dict[str, tuple[str, str]] = {}
+
+
+def _split(tag: str) -> tuple[str, str]:
+    r = _split_cache.get(tag)
+    if r is None:
+        if tag[:1] == "{":
+            uri, _, local = tag[1:].partition("}")
+            r = (uri, local)
+        else:
+            r = ("", tag)
+        if len(_split_cache) < 10000:
+            _split_cache[tag] = r
+    return r
+
+
+def escape_text(s: str) -> str:
+    return s.translate(_TEXT)
+
+
+def escape_attr(s: str) -> str:
+    return s.translate(_ATTR)
+
+
+def _attrs(el: Element, out: list[str]) -> None:
+    extra: dict[str, str] | None = None
+    for k, v in el.attrib.items():
+        if k[:1] == "{":
+            if k.startswith(_XML_PREFIX):
+                out.append(f" xml:{k[len(_XML_PREFIX):]}='{v.translate(_ATTR)}'")
+                continue
+            uri, local = _split(k)
+            if extra is None:
+                extra = {}
+            p = extra.setdefault(uri, f"ns{len(extra)}")
+            out.append(f" {p}:{local}='{v.translate(_ATTR)}'")
+        else:
+            out.append(f" {k}='{v.translate(_ATTR)}'")
+    if extra:
+        for uri, p in extra.items():
+            out.append(f" xmlns:{p}='{uri.translate(_ATTR)}'")
+
+
+def _write(el: Element, dns: str, out: list[str]) -> None:
+    tag = el.tag
+    if not isinstance(tag, str):  # comment / PI nodes never come from our parser; skip
+        return
+    uri, local = _split(tag)
+    out.append("<" + local)
+    if uri != dns:
+        out.append(f" xmlns='{uri.translate(_ATTR)}'")
+        dns = uri
+    if el.attrib:
+        _attrs(el, out)
+    text = el.text
+    if len(el) == 0 and not text:
+        out.append("/>")
+    else:
+        out.append(">")
+        if text:
+            out.append(text.translate(_TEXT))
+        for child in el:
+            _write(child, dns, out)
+            if child.tail:
+                out.append(child.tail.translate(_TEXT))
+        out.append(f"</{local}>")
+
+
+def serialize(el: Element, default_ns: str = "") -> str:
+    """Serialize ``el`` as it would appear inside a parent whose default namespace is ``default_ns``
+    (``""`` means the stream's content namespace)."""
+    out: list[str] = []
+    _write(el, default_ns, out)
+    return "".join(out)
