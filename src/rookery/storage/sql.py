@@ -1,0 +1,693 @@
+"""SQL storage backend: SQLite (WAL, default) or PostgreSQL (DESIGN.md "Data and durability").
+
+Implements every store of ``rookery.storage.base`` with SQLAlchemy 2 Core on asyncio
+(``sqlite+aiosqlite`` / ``postgresql+asyncpg``); no ORM.  Schema changes are Alembic migrations in
+``rookery/storage/migrations``, applied by :meth:`SQLStorage.open`.
+
+Durability and concurrency:
+
+* SQLite runs in WAL mode with ``synchronous=FULL`` (a commit survives power loss, not just ``kill -9``),
+  ``busy_timeout`` 10 s and foreign keys on, set on every new connection.  Several processes share the
+  file (the server and CLI commands such as ``rookery adduser``), so every write transaction starts with
+  ``BEGIN IMMEDIATE``: the write lock is taken up front (waiting up to ``busy_timeout``), and a
+  transaction that read first can never fail to upgrade its lock half-way.  Reads use a plain
+  (deferred) ``BEGIN`` and never block writers in WAL mode.  Within one process, SQLite writers queue
+  on an ``asyncio.Lock`` instead of polling in SQLite's busy handler (sleeps of up to 100 ms), so the
+  busy handler only arbitrates between processes.  Transactions are retried a few times on
+  "database is locked" (SQLite) and on serialization failure / deadlock (PostgreSQL).
+* Every store method is one transaction: account creation is ``INSERT .. ON CONFLICT DO NOTHING
+  RETURNING`` (concurrent creators: exactly one wins), the roster version is bumped by an upsert in the
+  same transaction as the item write, account deletion removes the user's rows from every table at
+  once, and ``offline.pop_all`` is one ``DELETE .. RETURNING``.
+* :meth:`SQLStorage.open` first checks, without any lock, whether the schema is at the Alembic head
+  (the usual case: nothing else to do).  Otherwise the upgrade runs in one transaction holding a lock
+  (SQLite ``BEGIN IMMEDIATE`` with foreign keys off, PostgreSQL ``pg_advisory_xact_lock``) and checks
+  the head again under it, so processes opening a fresh database at once wait for each other and the
+  later ones find the schema at head.  A failed migration leaves nothing behind (transactional DDL).
+
+``:memory:`` SQLite databases are not supported (one shared connection cannot hold concurrent
+transactions); use a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from rookery.storage.base import RosterItem, ScramCredential
+
+__all__ = ["SQLStorage", "make_storage"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+# pg_advisory_xact_lock keys: one bigint for migrations, (namespace, hash) pairs for per-user locks.
+_PG_MIGRATION_LOCK = 0x526F6F6B65727931  # b"Rookery1"
+_PG_OFFLINE_LOCK_NS = 0x526F6F6B  # b"Rook"
+_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_RETRIES = 8
+
+# ---------------------------------------------------------------------------------------------------
+# Tables.  These describe the schema at head for building queries; the schema itself is created and
+# evolved only by the migrations (versions/0001_initial.py ...), which must be kept in step.
+# ---------------------------------------------------------------------------------------------------
+
+metadata = sa.MetaData()
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("host", sa.Text, primary_key=True),
+    sa.Column("username", sa.Text, primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+credentials = sa.Table(
+    "credentials",
+    metadata,
+    sa.Column("host", sa.Text, primary_key=True),
+    sa.Column("username", sa.Text, primary_key=True),
+    sa.Column("hash_name", sa.Text, primary_key=True),
+    sa.Column("salt", sa.LargeBinary, nullable=False),
+    sa.Column("iterations", sa.Integer, nullable=False),
+    sa.Column("stored_key", sa.LargeBinary, nullable=False),
+    sa.Column("server_key", sa.LargeBinary, nullable=False),
+)
+roster_versions = sa.Table(
+    "roster_versions",
+    metadata,
+    sa.Column("host", sa.Text, primary_key=True),
+    sa.Column("username", sa.Text, primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+roster_items = sa.Table(
+    "roster_items",
+    metadata,
+    sa.Column("host", sa.Text, primary_key=True),
+    sa.Column("username", sa.Text, primary_key=True),
+    sa.Column("contact", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=True),
+    sa.Column("subscription", sa.Text, nullable=False),
+    sa.Column("ask", sa.Boolean, nullable=False),
+    sa.Column("approved", sa.Boolean, nullable=False),
+    sa.Column("groups", sa.Text, nullable=False),  # JSON list of group names
+)
+roster_pending_in = sa.Table(
+    "roster_pending_in",
+    metadata,
+    sa.Column("host", sa.Text, primary_key=True),
+    sa.Column("username", sa.Text, primary_key=True),
+    sa.Column("contact", sa.Text, primary_key=True),
+    sa.Column("stanza", sa.Text, nullable=False),
+)
+kv = sa.Table(
+    "kv",
+    metadata,
+    sa.Column("host", sa.Text, primary_key=True),
+    sa.Column("username", sa.Text, primary_key=True),
+    sa.Column("store", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+offline = sa.Table(
+    "offline",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("username", sa.Text, nullable=False),
+    sa.Column("stanza", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Tables holding per-user rows, in the order account deletion visits them (parents last).
+_USER_TABLES = (credentials, roster_versions, roster_items, roster_pending_in, kv, offline)
+
+
+def _user(table: sa.Table, host: str, user: str) -> sa.ColumnElement[bool]:
+    return sa.and_(table.c.host == host, table.c.username == user)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stores
+# ---------------------------------------------------------------------------------------------------
+
+
+class SQLAccountStore:
+    """``AccountStore``: accounts and their RFC 5802 §3 SCRAM credentials, one row per hash."""
+
+    def __init__(self, db: SQLStorage) -> None:
+        self._db = db
+
+    async def create(self, host: str, user: str, creds: dict[str, ScramCredential]) -> bool:
+        async def tx(conn: AsyncConnection) -> bool:
+            stmt = (
+                self._db._insert(accounts)
+                .values(host=host, username=user, created_at=time.time())
+                .on_conflict_do_nothing(index_elements=["host", "username"])
+                .returning(accounts.c.host)
+            )
+            if (await conn.execute(stmt)).first() is None:
+                return False
+            await _insert_credentials(conn, host, user, creds)
+            return True
+
+        return await self._db._write(tx)
+
+    async def get_credentials(self, host: str, user: str) -> dict[str, ScramCredential] | None:
+        async def tx(conn: AsyncConnection) -> dict[str, ScramCredential] | None:
+            rows = (await conn.execute(sa.select(credentials).where(_user(credentials, host, user)))).all()
+            if not rows and not await _account_exists(conn, host, user):
+                return None
+            return {
+                r.hash_name: ScramCredential(
+                    salt=bytes(r.salt),
+                    iterations=r.iterations,
+                    stored_key=bytes(r.stored_key),
+                    server_key=bytes(r.server_key),
+                )
+                for r in rows
+            }
+
+        return await self._db._read(tx)
+
+    async def set_credentials(self, host: str, user: str, creds: dict[str, ScramCredential]) -> bool:
+        async def tx(conn: AsyncConnection) -> bool:
+            locked = sa.select(accounts.c.host).where(_user(accounts, host, user)).with_for_update()
+            if (await conn.execute(locked)).first() is None:
+                return False
+            await conn.execute(sa.delete(credentials).where(_user(credentials, host, user)))
+            await _insert_credentials(conn, host, user, creds)
+            return True
+
+        return await self._db._write(tx)
+
+    async def delete(self, host: str, user: str) -> bool:
+        async def tx(conn: AsyncConnection) -> bool:
+            for table in _USER_TABLES:
+                await conn.execute(sa.delete(table).where(_user(table, host, user)))
+            stmt = sa.delete(accounts).where(_user(accounts, host, user)).returning(accounts.c.host)
+            return (await conn.execute(stmt)).first() is not None
+
+        return await self._db._write(tx)
+
+    async def exists(self, host: str, user: str) -> bool:
+        return await self._db._read(lambda conn: _account_exists(conn, host, user))
+
+    async def list(self, host: str | None = None) -> builtins.list[tuple[str, str]]:
+        stmt = sa.select(accounts.c.host, accounts.c.username).order_by(accounts.c.host, accounts.c.username)
+        if host is not None:
+            stmt = stmt.where(accounts.c.host == host)
+
+        async def tx(conn: AsyncConnection) -> builtins.list[tuple[str, str]]:
+            return [(r.host, r.username) for r in await conn.execute(stmt)]
+
+        return await self._db._read(tx)
+
+
+async def _account_exists(conn: AsyncConnection, host: str, user: str) -> bool:
+    row = (await conn.execute(sa.select(accounts.c.host).where(_user(accounts, host, user)))).first()
+    return row is not None
+
+
+async def _insert_credentials(
+    conn: AsyncConnection, host: str, user: str, creds: dict[str, ScramCredential]
+) -> None:
+    if creds:
+        await conn.execute(
+            sa.insert(credentials),
+            [
+                {
+                    "host": host,
+                    "username": user,
+                    "hash_name": name,
+                    "salt": c.salt,
+                    "iterations": c.iterations,
+                    "stored_key": c.stored_key,
+                    "server_key": c.server_key,
+                }
+                for name, c in creds.items()
+            ],
+        )
+
+
+class SQLRosterStore:
+    """``RosterStore``: RFC 6121 §2 roster items, §2.6 versions, §3.1.3 pending inbound requests."""
+
+    def __init__(self, db: SQLStorage) -> None:
+        self._db = db
+
+    async def get(self, host: str, user: str) -> tuple[str, dict[str, RosterItem]]:
+        async def tx(conn: AsyncConnection) -> tuple[str, dict[str, RosterItem]]:
+            ver = await conn.scalar(
+                sa.select(roster_versions.c.version).where(_user(roster_versions, host, user))
+            )
+            rows = await conn.execute(sa.select(roster_items).where(_user(roster_items, host, user)))
+            items = {r.contact: _item(r) for r in rows}
+            return str(ver or 0), items
+
+        return await self._db._read(tx, snapshot=True)
+
+    async def get_item(self, host: str, user: str, contact: str) -> RosterItem | None:
+        async def tx(conn: AsyncConnection) -> RosterItem | None:
+            stmt = sa.select(roster_items).where(
+                _user(roster_items, host, user), roster_items.c.contact == contact
+            )
+            row = (await conn.execute(stmt)).first()
+            return None if row is None else _item(row)
+
+        return await self._db._read(tx)
+
+    async def set_item(self, host: str, user: str, item: RosterItem) -> str:
+        values = {
+            "name": item.name,
+            "subscription": item.subscription,
+            "ask": bool(item.ask),
+            "approved": bool(item.approved),
+            "groups": json.dumps(list(item.groups)),
+        }
+
+        async def tx(conn: AsyncConnection) -> str:
+            version = await self._bump(conn, host, user)
+            stmt = self._db._insert(roster_items).values(host=host, username=user, contact=item.jid, **values)
+            stmt = stmt.on_conflict_do_update(index_elements=["host", "username", "contact"], set_=values)
+            await conn.execute(stmt)
+            return version
+
+        return await self._db._write(tx)
+
+    async def remove_item(self, host: str, user: str, contact: str) -> str:
+        async def tx(conn: AsyncConnection) -> str:
+            version = await self._bump(conn, host, user)
+            await conn.execute(
+                sa.delete(roster_items).where(
+                    _user(roster_items, host, user), roster_items.c.contact == contact
+                )
+            )
+            return version
+
+        return await self._db._write(tx)
+
+    async def _bump(self, conn: AsyncConnection, host: str, user: str) -> str:
+        """Increment the user's roster version (first statement of the write: takes the row lock)."""
+        stmt = self._db._insert(roster_versions).values(host=host, username=user, version=1)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["host", "username"], set_={"version": roster_versions.c.version + 1}
+        ).returning(roster_versions.c.version)
+        return str((await conn.execute(stmt)).scalar_one())
+
+    async def add_pending_in(self, host: str, user: str, contact: str, stanza: str) -> None:
+        async def tx(conn: AsyncConnection) -> None:
+            stmt = self._db._insert(roster_pending_in).values(
+                host=host, username=user, contact=contact, stanza=stanza
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["host", "username", "contact"], set_={"stanza": stanza}
+            )
+            await conn.execute(stmt)
+
+        await self._db._write(tx)
+
+    async def remove_pending_in(self, host: str, user: str, contact: str) -> None:
+        async def tx(conn: AsyncConnection) -> None:
+            await conn.execute(
+                sa.delete(roster_pending_in).where(
+                    _user(roster_pending_in, host, user), roster_pending_in.c.contact == contact
+                )
+            )
+
+        await self._db._write(tx)
+
+    async def get_pending_in(self, host: str, user: str) -> dict[str, str]:
+        async def tx(conn: AsyncConnection) -> dict[str, str]:
+            stmt = sa.select(roster_pending_in.c.contact, roster_pending_in.c.stanza).where(
+                _user(roster_pending_in, host, user)
+            )
+            return {r.contact: r.stanza for r in await conn.execute(stmt)}
+
+        return await self._db._read(tx)
+
+
+def _item(row: sa.Row[Any]) -> RosterItem:
+    return RosterItem(
+        jid=row.contact,
+        name=row.name,
+        subscription=row.subscription,
+        ask=bool(row.ask),
+        approved=bool(row.approved),
+        groups=json.loads(row.groups),
+    )
+
+
+class SQLKeyValueStore:
+    """``KeyValueStore``: small per-user (or host-wide, ``user == ""``) documents."""
+
+    def __init__(self, db: SQLStorage) -> None:
+        self._db = db
+
+    @staticmethod
+    def _where(store: str, host: str, user: str) -> sa.ColumnElement[bool]:
+        return sa.and_(kv.c.host == host, kv.c.username == user, kv.c.store == store)
+
+    async def get(self, store: str, host: str, user: str, key: str) -> str | None:
+        stmt = sa.select(kv.c.value).where(self._where(store, host, user), kv.c.key == key)
+
+        async def tx(conn: AsyncConnection) -> str | None:
+            return await conn.scalar(stmt)
+
+        return await self._db._read(tx)
+
+    async def set(self, store: str, host: str, user: str, key: str, value: str) -> None:
+        stmt = self._db._insert(kv).values(host=host, username=user, store=store, key=key, value=value)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["host", "username", "store", "key"], set_={"value": value}
+        )
+
+        async def tx(conn: AsyncConnection) -> None:
+            await conn.execute(stmt)
+
+        await self._db._write(tx)
+
+    async def delete(self, store: str, host: str, user: str, key: str) -> None:
+        stmt = sa.delete(kv).where(self._where(store, host, user), kv.c.key == key)
+
+        async def tx(conn: AsyncConnection) -> None:
+            await conn.execute(stmt)
+
+        await self._db._write(tx)
+
+    async def keys(self, store: str, host: str, user: str) -> list[str]:
+        stmt = sa.select(kv.c.key).where(self._where(store, host, user)).order_by(kv.c.key)
+
+        async def tx(conn: AsyncConnection) -> list[str]:
+            return list((await conn.scalars(stmt)).all())
+
+        return await self._db._read(tx)
+
+
+class SQLOfflineStore:
+    """``OfflineStore``: XEP-0160 offline messages in arrival order, at most ``limit`` per user.
+
+    A ``limit`` of 0 or less stores nothing (every push reports a full queue).
+    """
+
+    def __init__(self, db: SQLStorage, limit: int) -> None:
+        self._db = db
+        self.limit = limit
+
+    async def push(self, host: str, user: str, stanza: str) -> bool:
+        async def tx(conn: AsyncConnection) -> bool:
+            if self._db.is_postgresql:
+                # Serialize pushes per user so that concurrent pushes cannot overshoot the limit
+                # (SQLite's BEGIN IMMEDIATE already serializes all writers).
+                await conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:ns, :key)"),
+                    {"ns": _PG_OFFLINE_LOCK_NS, "key": _hash32(host, user)},
+                )
+            count = await conn.scalar(
+                sa.select(sa.func.count()).select_from(offline).where(_user(offline, host, user))
+            )
+            if (count or 0) >= self.limit:
+                return False
+            await conn.execute(
+                sa.insert(offline).values(host=host, username=user, stanza=stanza, created_at=time.time())
+            )
+            return True
+
+        return await self._db._write(tx)
+
+    async def pop_all(self, host: str, user: str) -> list[str]:
+        stmt = sa.delete(offline).where(_user(offline, host, user)).returning(offline.c.id, offline.c.stanza)
+
+        async def tx(conn: AsyncConnection) -> list[str]:
+            rows = (await conn.execute(stmt)).all()
+            return [r.stanza for r in sorted(rows, key=lambda r: r.id)]
+
+        return await self._db._write(tx)
+
+    async def count(self, host: str, user: str) -> int:
+        stmt = sa.select(sa.func.count()).select_from(offline).where(_user(offline, host, user))
+
+        async def tx(conn: AsyncConnection) -> int:
+            return int(await conn.scalar(stmt) or 0)
+
+        return await self._db._read(tx)
+
+
+def _hash32(host: str, user: str) -> int:
+    digest = hashlib.blake2b(f"{host}\0{user}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The backend
+# ---------------------------------------------------------------------------------------------------
+
+
+class SQLStorage:
+    """``Storage`` on SQLite or PostgreSQL through SQLAlchemy Core (async).
+
+    ``url``: ``sqlite+aiosqlite:///path/to/file`` or ``postgresql+asyncpg://user@host/db``; a PostgreSQL
+    URL may carry ``?schema=name`` to keep all tables in that schema (created if missing; lowercase
+    ``[a-z_][a-z0-9_]*``), which sets the connection's ``search_path``.  ``offline_limit`` caps each
+    user's offline queue.  ``connect_args`` are passed to the driver (merged with the ones set here);
+    ``engine_kwargs`` to ``create_async_engine``.  Call :meth:`open` before use and :meth:`close` after.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        offline_limit: int = 1000,
+        connect_args: dict[str, Any] | None = None,
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        parsed = make_url(url)
+        self.schema: str | None = None
+        args: dict[str, Any] = dict(connect_args or {})
+        if parsed.get_backend_name() == "postgresql":
+            if parsed.get_driver_name() != "asyncpg":
+                parsed = parsed.set(drivername="postgresql+asyncpg")
+            schema = parsed.query.get("schema")
+            if schema is not None:
+                if not isinstance(schema, str) or not _SCHEMA_RE.fullmatch(schema):
+                    raise ValueError(f"invalid PostgreSQL schema name {schema!r}: use [a-z_][a-z0-9_]*")
+                self.schema = schema
+                parsed = parsed.difference_update_query(["schema"])
+                settings = dict(args.get("server_settings") or {})
+                settings["search_path"] = schema
+                args["server_settings"] = settings
+        elif parsed.get_backend_name() == "sqlite":
+            if parsed.get_driver_name() != "aiosqlite":
+                parsed = parsed.set(drivername="sqlite+aiosqlite")
+            if parsed.database in (None, "", ":memory:"):
+                raise ValueError("SQLStorage needs a SQLite file, not an in-memory database")
+        else:
+            raise ValueError(f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}")
+        self.url: URL = parsed
+        self.is_postgresql = parsed.get_backend_name() == "postgresql"
+        self._connect_args = args
+        self._engine_kwargs = dict(engine_kwargs or {})
+        self._engine: AsyncEngine | None = None
+        self._wengine: AsyncEngine | None = None
+        self._snap_engine: AsyncEngine | None = None
+        # SQLite has one writer at a time: queue this process's writers here rather than in SQLite's
+        # busy handler, which polls with sleeps of up to 100 ms.
+        self._write_lock: asyncio.Lock | None = None
+        self._insert: Callable[[sa.Table], Any] = (
+            pg_dialect.insert if self.is_postgresql else sqlite_dialect.insert
+        )
+
+        self.accounts = SQLAccountStore(self)
+        self.roster = SQLRosterStore(self)
+        self.kv = SQLKeyValueStore(self)
+        self.offline = SQLOfflineStore(self, offline_limit)
+
+    def __repr__(self) -> str:
+        return f"SQLStorage({self.url.render_as_string(hide_password=True)!r})"
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and migrate to head; idempotent, and safe when several processes open at once."""
+        if self._engine is not None:
+            return
+        engine = self._create_engine()
+        try:
+            if await self._retry(lambda: self._migrate(engine)) and not self.is_postgresql:
+                # The migration ran with foreign keys off (see _sqlite_on_begin): start again with
+                # fresh connections, which get every pragma from _sqlite_on_connect.
+                await engine.dispose()
+        except BaseException:
+            await engine.dispose()
+            raise
+        self._engine = engine
+        self._write_lock = None if self.is_postgresql else asyncio.Lock()
+        self._wengine = engine.execution_options(rookery_write=True)
+        self._snap_engine = (
+            engine.execution_options(isolation_level="REPEATABLE READ") if self.is_postgresql else engine
+        )
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        self._wengine = self._snap_engine = None
+        if engine is not None:
+            await engine.dispose()
+
+    def _create_engine(self) -> AsyncEngine:
+        engine = create_async_engine(self.url, connect_args=self._connect_args, **self._engine_kwargs)
+        if not self.is_postgresql:
+            event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+            event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+        return engine
+
+    async def _migrate(self, engine: AsyncEngine) -> bool:
+        """Upgrade to head; True when this took the migration lock (whether or not it had work)."""
+        # Fast path, the usual case: already at head, checked without taking any lock, so that a CLI
+        # command opening the database never stalls the running server's writes.
+        async with engine.connect() as conn:
+            if await conn.run_sync(_at_head):
+                return False
+        migrate_engine = engine.execution_options(rookery_write=True, rookery_migrate=True)
+        async with migrate_engine.begin() as conn:
+            if self.is_postgresql:
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+                if self.schema is not None:
+                    await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            if not await conn.run_sync(_at_head):  # another process may have migrated meanwhile
+                await conn.run_sync(_run_alembic_upgrade)
+            if not self.is_postgresql:
+                problems = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                if problems:
+                    raise RuntimeError(f"migration left foreign key violations: {problems[:5]}")
+        return True
+
+    # -- transactions -------------------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[[AsyncConnection], Awaitable[T]], *, snapshot: bool = False) -> T:
+        engine = self._snap_engine if snapshot else self._engine
+        if engine is None:
+            raise RuntimeError("SQLStorage is not open")
+
+        async def attempt() -> T:
+            async with engine.connect() as conn:
+                return await fn(conn)
+
+        return await self._retry(attempt)
+
+    async def _write(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        engine = self._wengine
+        if engine is None:
+            raise RuntimeError("SQLStorage is not open")
+
+        async def attempt() -> T:
+            async with engine.begin() as conn:
+                return await fn(conn)
+
+        if self._write_lock is None:
+            return await self._retry(attempt)
+        async with self._write_lock:
+            return await self._retry(attempt)
+
+    async def _retry(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt`` (a whole transaction), retrying transient lock conflicts."""
+        for n in range(_RETRIES):
+            try:
+                return await attempt()
+            except sa.exc.DBAPIError as exc:
+                if n == _RETRIES - 1 or not _transient(exc):
+                    raise
+                log.debug("retrying transaction after %s", exc.orig)
+                await asyncio.sleep(random.uniform(0.005, 0.05) * (n + 1))
+        raise AssertionError("unreachable")
+
+
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in ("40001", "40P01"):  # serialization failure, deadlock
+        return True
+    msg = str(orig).lower()
+    return "database is locked" in msg or "database table is locked" in msg or "database is busy" in msg
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let _sqlite_on_begin emit BEGIN (the sqlite3 module's implicit transactions cannot BEGIN
+    # IMMEDIATE and do not cover SELECT or DDL).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first: switching to WAL needs a lock another process may hold.
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    options = conn.get_execution_options()
+    if options.get("rookery_migrate"):
+        # SQLite ignores this pragma inside a transaction, so it must precede BEGIN.  Off while
+        # migrating so that batch "move and copy" table rebuilds cannot cascade deletes; open()
+        # then disposes the connection.
+        conn.exec_driver_sql("PRAGMA foreign_keys = OFF")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("rookery_write") else "BEGIN")
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    return config
+
+
+def _at_head(connection: Connection) -> bool:
+    heads = ScriptDirectory.from_config(_alembic_config()).get_heads()
+    return set(MigrationContext.configure(connection).get_current_heads()) == set(heads)
+
+
+def _run_alembic_upgrade(connection: Connection) -> None:
+    config = _alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def make_storage(spec: str, data_dir: str, *, offline_limit: int = 1000) -> SQLStorage:
+    """Build the storage named by the ``storage`` setting.
+
+    ``"sqlite"`` means ``<data_dir>/rookery.sqlite`` (``data_dir`` is created if missing); a
+    ``postgresql://`` (or ``postgres://``) URL selects PostgreSQL through asyncpg; explicit
+    ``sqlite+aiosqlite:///`` and ``postgresql+asyncpg://`` URLs are taken as they are.
+    """
+    if spec == "sqlite":
+        directory = Path(data_dir).expanduser().resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        return SQLStorage(f"sqlite+aiosqlite:///{directory / 'rookery.sqlite'}", offline_limit=offline_limit)
+    for prefix in ("postgresql://", "postgres://"):
+        if spec.startswith(prefix):
+            return SQLStorage("postgresql+asyncpg://" + spec[len(prefix) :], offline_limit=offline_limit)
+    if spec.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite:///")):
+        return SQLStorage(spec, offline_limit=offline_limit)
+    raise ValueError(f"unknown storage {spec!r}: use 'sqlite' or a postgresql:// URL")

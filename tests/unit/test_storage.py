@@ -1,0 +1,462 @@
+"""Storage test-suite (DESIGN.md "Data and durability"): every test runs on SQLite and PostgreSQL.
+
+PostgreSQL comes from ``ROOKERY_TEST_POSTGRES`` (default ``postgresql://postgres@127.0.0.1:5432/test``);
+each test gets a fresh schema (``?schema=``), dropped afterwards, so other tables in that database are
+never touched.  PostgreSQL tests are skipped when the server is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+
+import rookery
+from rookery.storage.base import RosterItem, ScramCredential
+from rookery.storage.sql import SQLStorage, make_storage
+
+PG_URL = os.environ.get("ROOKERY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+HOST = "example.org"
+OFFLINE_LIMIT = 5
+
+_pg_available: bool | None = None
+
+
+async def _postgres_available() -> bool:
+    global _pg_available
+    if _pg_available is None:
+        try:
+            conn = await asyncpg.connect(PG_URL, timeout=3)
+        except (TimeoutError, OSError, asyncpg.PostgresError):
+            _pg_available = False
+        else:
+            await conn.close()
+            _pg_available = True
+    return _pg_available
+
+
+def cred(tag: str = "a", iterations: int = 4096) -> ScramCredential:
+    return ScramCredential(
+        salt=f"salt-{tag}".encode(),
+        iterations=iterations,
+        stored_key=f"stored-{tag}".encode() + b"\x00\xff",
+        server_key=f"server-{tag}".encode() + b"\x00\xff",
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A database URL for a fresh, empty database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'rookery.sqlite'}"
+        return
+    if not await _postgres_available():
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    schema = f"rookery_test_{uuid.uuid4().hex[:16]}"
+    yield f"{PG_URL}?schema={schema}"
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[SQLStorage]:
+    storage = SQLStorage(url, offline_limit=OFFLINE_LIMIT)
+    await storage.open()
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
+# -- accounts ---------------------------------------------------------------------------------------
+
+
+async def test_created_account_exists_and_returns_its_credentials(store: SQLStorage) -> None:
+    creds = {"SHA-1": cred("1"), "SHA-256": cred("256", 5000)}
+    assert await store.accounts.create(HOST, "juliet", creds) is True
+    assert await store.accounts.exists(HOST, "juliet")
+    assert not await store.accounts.exists(HOST, "romeo")
+    assert not await store.accounts.exists("other.example", "juliet")
+    assert await store.accounts.get_credentials(HOST, "juliet") == creds
+
+
+async def test_duplicate_create_returns_false_and_keeps_first_credentials(store: SQLStorage) -> None:
+    assert await store.accounts.create(HOST, "juliet", {"SHA-256": cred("first")})
+    assert await store.accounts.create(HOST, "juliet", {"SHA-256": cred("second")}) is False
+    assert await store.accounts.get_credentials(HOST, "juliet") == {"SHA-256": cred("first")}
+
+
+async def test_get_credentials_is_none_for_missing_account_and_empty_without_hashes(
+    store: SQLStorage,
+) -> None:
+    assert await store.accounts.get_credentials(HOST, "nobody") is None
+    assert await store.accounts.create(HOST, "bare", {})
+    assert await store.accounts.get_credentials(HOST, "bare") == {}
+
+
+async def test_set_credentials_replaces_every_hash(store: SQLStorage) -> None:
+    await store.accounts.create(HOST, "juliet", {"SHA-1": cred("old1"), "SHA-256": cred("old256")})
+    assert await store.accounts.set_credentials(HOST, "juliet", {"SHA-512": cred("new")}) is True
+    assert await store.accounts.get_credentials(HOST, "juliet") == {"SHA-512": cred("new")}
+
+
+async def test_set_credentials_of_missing_account_returns_false(store: SQLStorage) -> None:
+    assert await store.accounts.set_credentials(HOST, "nobody", {"SHA-256": cred()}) is False
+    assert not await store.accounts.exists(HOST, "nobody")
+
+
+async def test_list_is_sorted_by_host_then_user_and_filters_by_host(store: SQLStorage) -> None:
+    for host, user in [("b.example", "zed"), ("a.example", "mia"), ("b.example", "amy"), ("a.example", "al")]:
+        assert await store.accounts.create(host, user, {"SHA-256": cred()})
+    assert await store.accounts.list() == [
+        ("a.example", "al"),
+        ("a.example", "mia"),
+        ("b.example", "amy"),
+        ("b.example", "zed"),
+    ]
+    assert await store.accounts.list("b.example") == [("b.example", "amy"), ("b.example", "zed")]
+    assert await store.accounts.list("c.example") == []
+
+
+async def test_delete_removes_account_and_missing_delete_returns_false(store: SQLStorage) -> None:
+    await store.accounts.create(HOST, "juliet", {"SHA-256": cred()})
+    assert await store.accounts.delete(HOST, "juliet") is True
+    assert not await store.accounts.exists(HOST, "juliet")
+    assert await store.accounts.get_credentials(HOST, "juliet") is None
+    assert await store.accounts.delete(HOST, "juliet") is False
+    # The name is free again.
+    assert await store.accounts.create(HOST, "juliet", {"SHA-1": cred("again")})
+    assert await store.accounts.get_credentials(HOST, "juliet") == {"SHA-1": cred("again")}
+
+
+async def test_concurrent_creators_of_one_user_on_separate_instances_exactly_one_wins(url: str) -> None:
+    # Twenty independent instances open a fresh database at once (racing migrations) and then
+    # race to create the same account.
+    storages = [SQLStorage(url) for _ in range(20)]
+    try:
+        await asyncio.gather(*(s.open() for s in storages))
+        results = await asyncio.gather(
+            *(s.accounts.create(HOST, "juliet", {"SHA-256": cred(str(i))}) for i, s in enumerate(storages))
+        )
+        assert results.count(True) == 1
+        winner = results.index(True)
+        assert await storages[0].accounts.get_credentials(HOST, "juliet") == {"SHA-256": cred(str(winner))}
+    finally:
+        await asyncio.gather(*(s.close() for s in storages))
+
+
+async def test_concurrent_creators_of_different_users_all_succeed(url: str) -> None:
+    storages = [SQLStorage(url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.open() for s in storages))
+        users = [f"user{i:02}" for i in range(40)]
+        results = await asyncio.gather(
+            *(storages[i % 4].accounts.create(HOST, u, {"SHA-256": cred(u)}) for i, u in enumerate(users))
+        )
+        assert results == [True] * len(users)
+        assert await storages[0].accounts.list(HOST) == [(HOST, u) for u in users]
+    finally:
+        await asyncio.gather(*(s.close() for s in storages))
+
+
+# -- roster -----------------------------------------------------------------------------------------
+
+
+async def test_never_written_roster_is_empty_at_version_zero(store: SQLStorage) -> None:
+    assert await store.roster.get(HOST, "juliet") == ("0", {})
+    assert await store.roster.get_item(HOST, "juliet", "romeo@example.net") is None
+
+
+async def test_roster_set_get_replace_and_remove_items(store: SQLStorage) -> None:
+    romeo = RosterItem(
+        jid="romeo@example.net",
+        name="Romeo",
+        subscription="both",
+        ask=False,
+        approved=True,
+        groups=["Friends", "Ü"],
+    )
+    nurse = RosterItem(jid="nurse@example.com", ask=True)
+    await store.roster.set_item(HOST, "juliet", romeo)
+    version = await store.roster.set_item(HOST, "juliet", nurse)
+    assert await store.roster.get(HOST, "juliet") == (version, {romeo.jid: romeo, nurse.jid: nurse})
+    assert await store.roster.get_item(HOST, "juliet", nurse.jid) == nurse
+
+    renamed = RosterItem(jid=romeo.jid, name=None, subscription="to", groups=[])
+    version = await store.roster.set_item(HOST, "juliet", renamed)
+    assert await store.roster.get_item(HOST, "juliet", romeo.jid) == renamed
+
+    version = await store.roster.remove_item(HOST, "juliet", nurse.jid)
+    assert await store.roster.get(HOST, "juliet") == (version, {romeo.jid: renamed})
+    # Other users' rosters are separate.
+    assert await store.roster.get(HOST, "romeo") == ("0", {})
+
+
+async def test_roster_version_strictly_increases_at_every_write(store: SQLStorage) -> None:
+    versions = [
+        await store.roster.set_item(HOST, "juliet", RosterItem(jid="a@example.net")),
+        await store.roster.set_item(HOST, "juliet", RosterItem(jid="b@example.net")),
+        await store.roster.set_item(HOST, "juliet", RosterItem(jid="a@example.net", name="A")),
+        await store.roster.remove_item(HOST, "juliet", "a@example.net"),
+        await store.roster.remove_item(HOST, "juliet", "missing@example.net"),
+    ]
+    numbers = [int(v) for v in versions]
+    assert numbers == sorted(set(numbers)) and numbers[0] > 0
+    assert (await store.roster.get(HOST, "juliet"))[0] == versions[-1]
+    # Each user has a counter of their own.
+    assert await store.roster.set_item(HOST, "romeo", RosterItem(jid="j@example.org")) == "1"
+
+
+async def test_concurrent_roster_writes_get_distinct_versions(store: SQLStorage) -> None:
+    versions = await asyncio.gather(
+        *(store.roster.set_item(HOST, "juliet", RosterItem(jid=f"c{i}@example.net")) for i in range(20))
+    )
+    assert sorted(int(v) for v in versions) == list(range(1, 21))
+    version, items = await store.roster.get(HOST, "juliet")
+    assert version == "20" and len(items) == 20
+
+
+async def test_pending_inbound_subscriptions_are_stored_replaced_and_removed(store: SQLStorage) -> None:
+    assert await store.roster.get_pending_in(HOST, "juliet") == {}
+    await store.roster.add_pending_in(HOST, "juliet", "romeo@example.net", "<presence type='subscribe'/>")
+    await store.roster.add_pending_in(HOST, "juliet", "nurse@example.com", "<presence n='1'/>")
+    await store.roster.add_pending_in(HOST, "juliet", "nurse@example.com", "<presence n='2'/>")
+    assert await store.roster.get_pending_in(HOST, "juliet") == {
+        "romeo@example.net": "<presence type='subscribe'/>",
+        "nurse@example.com": "<presence n='2'/>",
+    }
+    await store.roster.remove_pending_in(HOST, "juliet", "romeo@example.net")
+    await store.roster.remove_pending_in(HOST, "juliet", "missing@example.net")
+    assert await store.roster.get_pending_in(HOST, "juliet") == {"nurse@example.com": "<presence n='2'/>"}
+    assert await store.roster.get_pending_in(HOST, "romeo") == {}
+
+
+# -- key-value --------------------------------------------------------------------------------------
+
+
+async def test_kv_set_get_overwrite_delete_and_sorted_keys(store: SQLStorage) -> None:
+    assert await store.kv.get("vcard", HOST, "juliet", "") is None
+    await store.kv.set("private", HOST, "juliet", "storage:bookmarks", "<b/>")
+    await store.kv.set("private", HOST, "juliet", "jabber:x:a", "<a/>")
+    await store.kv.set("private", HOST, "juliet", "jabber:x:a", "<a2/>")
+    await store.kv.set("vcard", HOST, "juliet", "", "<vCard/>")
+    await store.kv.set("private", HOST, "", "host-wide", "x")
+    assert await store.kv.get("private", HOST, "juliet", "jabber:x:a") == "<a2/>"
+    assert await store.kv.keys("private", HOST, "juliet") == ["jabber:x:a", "storage:bookmarks"]
+    assert await store.kv.keys("vcard", HOST, "juliet") == [""]
+    assert await store.kv.keys("private", HOST, "") == ["host-wide"]
+    assert await store.kv.keys("private", HOST, "romeo") == []
+    await store.kv.delete("private", HOST, "juliet", "jabber:x:a")
+    await store.kv.delete("private", HOST, "juliet", "missing")
+    assert await store.kv.get("private", HOST, "juliet", "jabber:x:a") is None
+    assert await store.kv.keys("private", HOST, "juliet") == ["storage:bookmarks"]
+
+
+# -- offline ----------------------------------------------------------------------------------------
+
+
+async def test_offline_pop_all_returns_arrival_order_and_empties_the_queue(store: SQLStorage) -> None:
+    for i in range(3):
+        assert await store.offline.push(HOST, "juliet", f"<message n='{i}'/>")
+    await store.offline.push(HOST, "romeo", "<message to='romeo'/>")
+    assert await store.offline.count(HOST, "juliet") == 3
+    assert await store.offline.pop_all(HOST, "juliet") == [f"<message n='{i}'/>" for i in range(3)]
+    assert await store.offline.pop_all(HOST, "juliet") == []
+    assert await store.offline.count(HOST, "juliet") == 0
+    assert await store.offline.count(HOST, "romeo") == 1
+
+
+async def test_offline_push_refuses_beyond_the_limit_per_user(store: SQLStorage) -> None:
+    results = [await store.offline.push(HOST, "juliet", f"<m n='{i}'/>") for i in range(OFFLINE_LIMIT + 2)]
+    assert results == [True] * OFFLINE_LIMIT + [False, False]
+    assert await store.offline.push(HOST, "romeo", "<m/>")  # another user's queue is not full
+    assert await store.offline.pop_all(HOST, "juliet") == [f"<m n='{i}'/>" for i in range(OFFLINE_LIMIT)]
+    assert await store.offline.push(HOST, "juliet", "<m n='after'/>")
+
+
+async def test_concurrent_offline_pushes_never_overshoot_the_limit(store: SQLStorage) -> None:
+    results = await asyncio.gather(*(store.offline.push(HOST, "juliet", f"<m n='{i}'/>") for i in range(12)))
+    assert results.count(True) == OFFLINE_LIMIT
+    assert await store.offline.count(HOST, "juliet") == OFFLINE_LIMIT
+
+
+# -- whole-user and lifecycle -----------------------------------------------------------------------
+
+
+async def test_deleting_an_account_removes_its_data_from_every_store(store: SQLStorage) -> None:
+    for user in ("juliet", "romeo"):
+        await store.accounts.create(HOST, user, {"SHA-256": cred(user)})
+        await store.roster.set_item(HOST, user, RosterItem(jid="nurse@example.com"))
+        await store.roster.add_pending_in(HOST, user, "tybalt@example.net", "<presence/>")
+        await store.kv.set("vcard", HOST, user, "", "<vCard/>")
+        await store.kv.set("private", HOST, user, "k", "v")
+        await store.offline.push(HOST, user, "<message/>")
+    await store.kv.set("private", HOST, "", "host-wide", "x")
+
+    assert await store.accounts.delete(HOST, "juliet")
+
+    assert await store.accounts.get_credentials(HOST, "juliet") is None
+    assert await store.roster.get(HOST, "juliet") == ("0", {})
+    assert await store.roster.get_pending_in(HOST, "juliet") == {}
+    assert await store.kv.keys("vcard", HOST, "juliet") == []
+    assert await store.kv.keys("private", HOST, "juliet") == []
+    assert await store.offline.count(HOST, "juliet") == 0
+    # Nobody else's data is touched.
+    assert await store.accounts.get_credentials(HOST, "romeo") == {"SHA-256": cred("romeo")}
+    assert len((await store.roster.get(HOST, "romeo"))[1]) == 1
+    assert await store.roster.get_pending_in(HOST, "romeo") != {}
+    assert await store.kv.keys("private", HOST, "romeo") == ["k"]
+    assert await store.kv.keys("private", HOST, "") == ["host-wide"]
+    assert await store.offline.count(HOST, "romeo") == 1
+
+
+async def test_data_survives_close_and_reopen(url: str) -> None:
+    first = SQLStorage(url)
+    await first.open()
+    await first.accounts.create(HOST, "juliet", {"SHA-256": cred()})
+    version = await first.roster.set_item(HOST, "juliet", RosterItem(jid="romeo@example.net", groups=["g"]))
+    await first.kv.set("vcard", HOST, "juliet", "", "<vCard/>")
+    await first.offline.push(HOST, "juliet", "<message/>")
+    await first.close()
+
+    second = SQLStorage(url)
+    await second.open()
+    try:
+        assert await second.accounts.get_credentials(HOST, "juliet") == {"SHA-256": cred()}
+        assert await second.roster.get(HOST, "juliet") == (
+            version,
+            {"romeo@example.net": RosterItem(jid="romeo@example.net", groups=["g"])},
+        )
+        assert await second.kv.get("vcard", HOST, "juliet", "") == "<vCard/>"
+        assert await second.offline.pop_all(HOST, "juliet") == ["<message/>"]
+    finally:
+        await second.close()
+
+
+async def test_migrations_are_idempotent_and_reach_head(url: str) -> None:
+    storage = SQLStorage(url)
+    await storage.open()
+    await storage.open()  # no-op on an open instance
+    await storage.accounts.create(HOST, "juliet", {})
+    await storage.close()
+    again = SQLStorage(url)
+    await again.open()  # migrations already at head: nothing to do, data intact
+    try:
+        assert await again.accounts.exists(HOST, "juliet")
+        assert again._engine is not None
+        async with again._engine.connect() as conn:
+            heads = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars().all()
+        assert heads == ["0001"]
+    finally:
+        await again.close()
+
+
+async def test_closed_storage_refuses_use(url: str) -> None:
+    storage = SQLStorage(url)
+    with pytest.raises(RuntimeError):
+        await storage.accounts.exists(HOST, "juliet")
+
+
+async def test_sqlite_connections_use_wal_full_sync_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
+    storage = SQLStorage(f"sqlite+aiosqlite:///{tmp_path / 'p.sqlite'}")
+    await storage.open()
+    try:
+        assert storage._engine is not None
+        async with storage._engine.connect() as conn:
+            pragmas = {
+                name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+                for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
+            }
+        assert pragmas == {"journal_mode": "wal", "synchronous": 2, "busy_timeout": 10000, "foreign_keys": 1}
+    finally:
+        await storage.close()
+
+
+_WORKER = """
+import asyncio, json, sys
+from rookery.storage.base import ScramCredential
+from rookery.storage.sql import SQLStorage
+
+async def main(url: str, tag: str) -> None:
+    storage = SQLStorage(url)
+    await storage.open()
+    cred = ScramCredential(b"salt", 4096, tag.encode(), tag.encode())
+    own = [storage.accounts.create("example.org", f"{tag}{i}", {"SHA-256": cred}) for i in range(30)]
+    shared = [storage.accounts.create("example.org", f"shared{i}", {"SHA-256": cred}) for i in range(10)]
+    results = await asyncio.gather(*own, *shared)
+    await storage.close()
+    print(json.dumps({"own": results[:30], "shared": results[30:]}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_two_processes_create_users_concurrently_in_one_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite'}"
+    src = str(Path(rookery.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _WORKER,
+            url,
+            tag,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for tag in ("p", "q")
+    ]
+    outputs = await asyncio.gather(*(p.communicate() for p in procs))
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()
+    p, q = (json.loads(out) for out, _ in outputs)
+    assert p["own"] == [True] * 30 and q["own"] == [True] * 30
+    assert [a + b for a, b in zip(p["shared"], q["shared"], strict=True)] == [1] * 10
+
+    storage = SQLStorage(url)
+    await storage.open()
+    try:
+        assert len(await storage.accounts.list("example.org")) == 70
+    finally:
+        await storage.close()
+
+
+# -- make_storage -----------------------------------------------------------------------------------
+
+
+def test_make_storage_sqlite_uses_a_file_in_a_created_data_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / "new" / "data"
+    storage = make_storage("sqlite", str(data_dir))
+    assert data_dir.is_dir()
+    assert storage.url.drivername == "sqlite+aiosqlite"
+    assert storage.url.database == str(data_dir.resolve() / "rookery.sqlite")
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+asyncpg"])
+def test_make_storage_rewrites_postgresql_urls_to_asyncpg(scheme: str, tmp_path: Path) -> None:
+    storage = make_storage(f"{scheme}://u:secret@db.example:5433/xmpp?schema=rk", str(tmp_path))
+    assert storage.url.drivername == "postgresql+asyncpg"
+    assert (storage.url.host, storage.url.port, storage.url.database) == ("db.example", 5433, "xmpp")
+    assert storage.schema == "rk" and "schema" not in storage.url.query
+    assert "secret" not in repr(storage)
+
+
+@pytest.mark.parametrize(
+    "spec", ["mysql://x/y", "postgresql://h/db?schema=Bad-Name", "sqlite+aiosqlite:///:memory:"]
+)
+def test_make_storage_rejects_unsupported_specs(spec: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        make_storage(spec, str(tmp_path))
