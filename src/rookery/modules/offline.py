@@ -1,0 +1,130 @@
+"""XEP-0160: Best Practices for Handling Offline Messages, with XEP-0203 delay stamps.
+
+§2 "Process Flow": the router fires ``"message/offline"`` for a ``normal``/``chat`` message to an
+existing local account that has no available resource of non-negative priority (RFC 6121 §8.5.2.2);
+this module stores it with a XEP-0203 ``<delay xmlns='urn:xmpp:delay' from='domain' stamp='...'>Offline
+Storage</delay>`` (§2: RECOMMENDED) and reports True, or False when the account's queue is full
+(``offline.max_messages``), on which the router answers ``<service-unavailable/>`` (§2 step 3).
+Messages whose only content is XEP-0085 chat states are not stored (§3 "Handling of Message Types") but
+silently dropped (RFC 6121 §8.5.2.2.1 allows either), as are messages carrying a XEP-0334
+``<no-store/>`` or ``<no-permanent-store/>`` hint.
+
+Stored messages are delivered, oldest first, to the resource that next sends available presence with
+non-negative priority (§2 step 5): on the ``"initial-presence"`` event the presence module fires after
+broadcasting a session's initial presence, and when an already available resource raises its
+priority from negative to non-negative.  §4 "Service Discovery": the server advertises ``msgoffline``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+from xml.etree.ElementTree import Element, ParseError, fromstring
+
+from ..module import Module, hook
+from ..stanza import Stanza
+from ..xml import ns, serialize
+from .time import format_datetime
+
+CHATSTATES = "http://jabber.org/protocol/chatstates"
+HINTS = "urn:xmpp:hints"
+_DELAY = f"{{{ns.DELAY}}}delay"
+_NO_STORE = (f"{{{HINTS}}}no-store", f"{{{HINTS}}}no-permanent-store")
+# children that do not count as content when deciding whether a chat message is only a chat state
+_NEUTRAL = {"thread", f"{{{HINTS}}}no-copy", "{urn:xmpp:sid:0}origin-id"}
+
+
+def _priority(el: Element) -> int:
+    p = el.find("priority")
+    try:
+        return int((p.text or "0").strip()) if p is not None else 0
+    except ValueError:
+        return 0
+
+
+def is_chat_state_only(el: Element) -> bool:
+    """True when the message's content is nothing but XEP-0085 chat-state notifications."""
+    has_state = False
+    for child in el:
+        tag = child.tag
+        if tag.startswith(f"{{{CHATSTATES}}}"):
+            has_state = True
+        elif tag not in _NEUTRAL:
+            return False
+    return has_state
+
+
+def stamp(el: Element, domain: str, when: float | None = None) -> Element:
+    """A copy of ``el`` with the XEP-0203 offline-storage delay (any ``delay`` ``domain`` put on
+    it before, or a client forged in its name, is replaced)."""
+    out = Element(el.tag, dict(el.attrib))
+    out.text = el.text
+    out.extend(c for c in el if not (c.tag == _DELAY and c.get("from") == domain))
+    d = Element(_DELAY, {"from": domain, "stamp": format_datetime(when, fraction=True)})
+    d.text = "Offline Storage"
+    out.append(d)
+    return out
+
+
+class Offline(Module):
+    """XEP-0160 offline message store and delivery."""
+
+    name = "offline"
+    features = [ns.OFFLINE]
+
+    @hook("message/offline")
+    def store(self, st: Stanza) -> Awaitable[bool] | bool:
+        el = st.el
+        if is_chat_state_only(el) or any(el.find(t) is not None for t in _NO_STORE):
+            return True  # §3: not stored, dropped
+        return self._store(st)
+
+    async def _store(self, st: Stanza) -> bool:
+        to = st.to
+        assert to is not None and to.local is not None
+        data = serialize(stamp(st.el, to.domain))
+        return bool(await self.storage.offline.push(to.domain, to.local, data))
+
+    @hook("initial-presence")
+    def initial_presence(self, session: Any) -> Awaitable[None] | None:
+        if getattr(session, "priority", 0) < 0:
+            return None
+        return self.deliver(session)
+
+    @hook("pre-presence", priority=1000)
+    def presence_update(self, st: Stanza) -> None:
+        """An available resource going from negative to non-negative priority gets the messages
+        stored meanwhile (§2 step 5).  Never handles the stanza."""
+        session = st.origin
+        if (
+            st.to is None
+            and st.type == "available"
+            and session is not None
+            and getattr(session, "available", False)
+            and getattr(session, "priority", 0) < 0
+            and _priority(st.el) >= 0
+        ):
+            self.server.router.spawn(self.deliver(session))
+        return None
+
+    async def deliver(self, session: Any) -> None:
+        """Send every stored message of the session's account to it, oldest first."""
+        jid = session.jid
+        sessions = self.server.router.sessions
+        send = session.send
+        if sessions.get(jid) is not session:
+            return
+        stored = await self.storage.offline.pop_all(jid.domain, jid.local)
+        for i, data in enumerate(stored):
+            if sessions.get(jid) is not session:
+                # the session ended while we were delivering: keep the rest for next time
+                for rest in stored[i:]:
+                    if not await self.storage.offline.push(jid.domain, jid.local, rest):
+                        self.log.warning("offline queue of %s full: a message was lost", jid.bare)
+                return
+            try:
+                el = fromstring(data)
+            except ParseError:
+                self.log.warning("dropping unreadable offline message for %s", jid.bare)
+                continue
+            send(el)
