@@ -14,7 +14,7 @@ from .module import Module
 from .modules import load_module_class
 from .routing.router import Router
 from .streams.c2s import C2SStream
-from .transports.tcp import StreamProtocol, listen
+from .transports.tcp import Flusher, StreamProtocol, listen
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,12 @@ class Server:
         direct_ctx = tls.server_context(cert, key, cfg.tls.min_version, alpn=["xmpp-client"])
         cb_data = tls.tls_server_end_point(cert)
         await self._load_modules()
+        flusher = Flusher()
+        flusher.bind(asyncio.get_running_loop())
 
         def c2s_factory(ctx: Any, direct: bool) -> Any:
             def make() -> StreamProtocol:
-                return StreamProtocol(lambda t: C2SStream(self, t), ctx, direct, cb_data)
+                return StreamProtocol(lambda t: C2SStream(self, t), ctx, direct, cb_data, flusher)
             return make
 
         for spec in cfg.c2s.listen:

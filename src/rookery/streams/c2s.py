@@ -298,8 +298,12 @@ class C2SStream:
             self.transport.close()
             return None
         self.transport.write(f"<proceed xmlns='{ns.TLS}'/>".encode())
-        self.parser.close()
-        return self._do_starttls()
+        # the next bytes after the handshake are a new stream: with TLS 1.3 they can arrive together
+        # with the handshake's end, before start_tls() returns, so the new parser must be ready now
+        self._restart()
+        # not through the pause/drain queue: loop.start_tls takes the raw transport over itself
+        self.server.router.spawn(self._do_starttls())
+        return None
 
     async def _do_starttls(self) -> None:
         try:
@@ -309,7 +313,6 @@ class C2SStream:
             self.closed = True
             self.transport.abort()
             return
-        self._restart()
 
     def _restart(self) -> None:
         """RFC 6120 §4.3.3: a new stream over the same connection, after TLS or SASL."""

@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 
 class Flusher:
-    """Collects transports with pending output and writes them all once per loop turn."""
+    """Collects transports with pending output and writes them all once per loop turn.
+
+    One per server (so per event loop): tests run several servers in one process."""
 
     __slots__ = ("_dirty", "_scheduled", "_loop")
 
@@ -35,6 +37,9 @@ class Flusher:
                 self._loop = asyncio.get_running_loop()
             self._loop.call_soon(self._flush)
 
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
     def _flush(self) -> None:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
@@ -42,18 +47,16 @@ class Flusher:
             p.flush()
 
 
-FLUSHER = Flusher()
-
-
 class StreamProtocol(asyncio.Protocol):
     """Carries bytes between a socket and a stream state machine built by ``stream_factory``."""
 
     __slots__ = ("transport", "stream", "_out", "_factory", "is_secure", "ssl_context", "peer_ip",
-                 "is_loopback", "cb_data", "_closing", "_upgrading")
+                 "is_loopback", "cb_data", "_closing", "_upgrading", "_flusher")
 
     def __init__(self, stream_factory: Callable[[StreamProtocol], Any], ssl_context: ssl.SSLContext | None,
-                 direct_tls: bool, cb_data: bytes | None) -> None:
+                 direct_tls: bool, cb_data: bytes | None, flusher: Flusher) -> None:
         self._factory = stream_factory
+        self._flusher = flusher
         self.ssl_context = ssl_context
         self.is_secure = direct_tls
         self.cb_data = cb_data
@@ -95,7 +98,7 @@ class StreamProtocol(asyncio.Protocol):
         if self._closing:
             return
         if not self._out:
-            FLUSHER.add(self)
+            self._flusher.add(self)
         self._out.append(data)
 
     def flush(self) -> None:

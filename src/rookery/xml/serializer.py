@@ -61,8 +61,12 @@ def _write(el: Element, dns: str, out: list[str]) -> None:
     if not isinstance(tag, str):  # comment / PI nodes never come from our parser; skip
         return
     uri, local = _split(tag)
-    out.append("<" + local)
-    if uri != dns:
+    if uri == ns.STREAM:  # <stream:features/>, <stream:error/>: the prefix the stream header declares
+        local = "stream:" + local
+        out.append("<" + local)
+    else:
+        out.append("<" + local)
+    if uri != dns and uri != ns.STREAM:
         out.append(f" xmlns='{uri.translate(_ATTR)}'")
         dns = uri
     if el.attrib:

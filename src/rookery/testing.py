@@ -1,0 +1,141 @@
+"""A pytest plugin that runs a real Rookery server for tests (yours too: ``pip install rookery``).
+
+The server runs in a background thread with its own event loop, on free loopback ports, with its data
+in a temporary directory, so test code and clients (slixmpp, raw sockets) are independent of it::
+
+    def test_my_bot(rookery_server):
+        jid, password = rookery_server.make_user()
+        ... connect to ("127.0.0.1", rookery_server.c2s_port) ...
+
+``rookery_server_factory(**overrides)`` starts one with other settings, e.g.
+``rookery_server_factory(c2s={"legacy_auth": True})``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .config import Config
+
+_counter = itertools.count()
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+class RunningServer:
+    """A server in a thread.  ``call(coro_fn)`` runs a coroutine function on the server's loop."""
+
+    def __init__(self, settings: dict[str, Any], data_dir: Path) -> None:
+        base = {
+            "domains": ["localhost"],
+            "data_dir": str(data_dir),
+            "c2s": {"listen": ["127.0.0.1:0"], "direct_tls_listen": ["127.0.0.1:0"],
+                    "auth_failure_delay": 0.1, "keepalive_interval": 0},
+        }
+        self.config = Config.model_validate(_merge(base, settings))
+        self.data_dir = data_dir
+        self.domain = self.config.domains[0]
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="rookery-server", daemon=True)
+        self.server: Any = None
+
+    def start(self) -> RunningServer:
+        from .server import Server
+
+        self._thread.start()
+        self.server = Server(self.config)
+        self.call(self.server.start, timeout=60)
+        return self
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 30) -> Any:
+        async def run() -> Any:
+            return await fn(*args)
+
+        fut: Future = asyncio.run_coroutine_threadsafe(run(), self.loop)
+        return fut.result(timeout)
+
+    def call_sync(self, fn: Callable[..., Any], *args: Any, timeout: float = 30) -> Any:
+        async def run() -> Any:
+            return fn(*args)
+
+        return self.call(run, timeout=timeout)
+
+    @property
+    def c2s_port(self) -> int:
+        return self.server.addresses["c2s"][0][1]
+
+    @property
+    def direct_tls_port(self) -> int:
+        return self.server.addresses["c2s_direct_tls"][0][1]
+
+    @property
+    def cert_path(self) -> Path:
+        return self.server.cert_path
+
+    def make_user(self, name: str | None = None, password: str | None = None) -> tuple[str, str]:
+        """Create an account (unique name by default); returns (bare JID, password)."""
+        from .streams.sasl import make_credentials
+
+        name = name or f"u{next(_counter)}x{secrets.token_hex(3)}"
+        password = password or secrets.token_urlsafe(12)
+        creds = make_credentials(password, iterations=4096)
+        ok = self.call(self.server.storage.accounts.create, self.domain, name, creds)
+        if not ok:
+            raise ValueError(f"user {name} exists")
+        return f"{name}@{self.domain}", password
+
+    def session_count(self) -> int:
+        return self.call_sync(self.server.router.sessions.count)
+
+    def stop(self) -> None:
+        try:
+            self.call(self.server.stop, timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
+
+
+@pytest.fixture
+def rookery_server_factory() -> Iterator[Callable[..., RunningServer]]:
+    started: list[tuple[RunningServer, str]] = []
+
+    def make(**settings: Any) -> RunningServer:
+        d = tempfile.mkdtemp(prefix="rookery-test-")
+        s = RunningServer(settings, Path(d)).start()
+        started.append((s, d))
+        return s
+
+    yield make
+    for s, d in started:
+        s.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def rookery_server() -> Iterator[RunningServer]:
+    """One server per test module, default settings (users are unique per ``make_user`` call)."""
+    d = tempfile.mkdtemp(prefix="rookery-test-")
+    s = RunningServer({}, Path(d)).start()
+    yield s
+    s.stop()
+    shutil.rmtree(d, ignore_errors=True)

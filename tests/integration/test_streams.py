@@ -1,0 +1,309 @@
+"""RFC 6120 stream behaviour and every class of bad input, over real sockets with raw XML."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from xmpp_helpers import HEADER, STREAM_NS, RawClient, error_condition
+
+SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+
+
+async def _secure_stream(server) -> RawClient:
+    c = await RawClient().connect(server.c2s_port)
+    await c.open_stream()
+    await c.starttls()
+    return c
+
+
+async def test_stream_header_has_id_from_version_and_features_require_starttls(rookery_server):
+    c = await RawClient().connect(rookery_server.c2s_port)
+    features = await c.open_stream()
+    assert c.header is not None
+    assert c.header.get("id") and c.header.get("from") == "localhost" and c.header.get("version") == "1.0"
+    assert features.tag == "{%s}features" % STREAM_NS
+    starttls = features.find("{urn:ietf:params:xml:ns:xmpp-tls}starttls")
+    assert starttls is not None and starttls.find("{urn:ietf:params:xml:ns:xmpp-tls}required") is not None
+    # RFC 6120 §5.3.1 with require_encryption: no SASL before TLS
+    assert features.find("{%s}mechanisms" % SASL) is None
+    await c.close()
+
+
+async def test_after_starttls_scram_plus_and_plain_are_offered(rookery_server):
+    c = await _secure_stream(rookery_server)
+    mechs = [m.text for m in c._queue or []]  # nothing queued
+    assert not mechs
+    await c.close()
+    c = await RawClient().connect(rookery_server.c2s_port)
+    await c.open_stream()
+    features = await c.starttls()
+    names = [m.text for m in features.find("{%s}mechanisms" % SASL)]
+    assert {"SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512", "SCRAM-SHA-256-PLUS", "PLAIN"} <= set(names)
+    assert features.find("{urn:xmpp:sasl-cb:0}sasl-channel-binding") is not None
+    await c.close()
+
+
+async def test_sasl_before_tls_fails_with_encryption_required(rookery_server):
+    c = await RawClient().connect(rookery_server.c2s_port)
+    await c.open_stream()
+    el = await c.auth_plain("nobody", "x")
+    assert el.tag == "{%s}failure" % SASL
+    assert el.find("{%s}encryption-required" % SASL) is not None
+    await c.close()
+
+
+async def test_wrong_password_is_not_authorized_and_stream_survives(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await _secure_stream(rookery_server)
+    el = await c.auth_plain(jid.split("@")[0], pw + "x")
+    assert el.find("{%s}not-authorized" % SASL) is not None
+    el = await c.auth_plain(jid.split("@")[0], pw)
+    assert el.tag == "{%s}success" % SASL
+    await c.close()
+
+
+async def test_unknown_user_is_not_authorized(rookery_server):
+    c = await _secure_stream(rookery_server)
+    el = await c.auth_plain("ghost", "whatever")
+    assert el.find("{%s}not-authorized" % SASL) is not None
+    await c.close()
+
+
+async def test_unknown_sasl_mechanism_is_invalid_mechanism(rookery_server):
+    c = await _secure_stream(rookery_server)
+    c.send(f"<auth xmlns='{SASL}' mechanism='X-UNKNOWN'>AAAA</auth>")
+    el = await c.recv()
+    assert el.find("{%s}invalid-mechanism" % SASL) is not None
+    await c.close()
+
+
+async def test_bad_base64_is_incorrect_encoding(rookery_server):
+    c = await _secure_stream(rookery_server)
+    c.send(f"<auth xmlns='{SASL}' mechanism='PLAIN'>!!!notbase64</auth>")
+    el = await c.recv()
+    assert el.find("{%s}incorrect-encoding" % SASL) is not None
+    await c.close()
+
+
+async def test_sasl_abort_is_aborted(rookery_server):
+    c = await _secure_stream(rookery_server)
+    c.send(f"<auth xmlns='{SASL}' mechanism='SCRAM-SHA-256'/>")
+    el = await c.recv()
+    assert el.tag == "{%s}challenge" % SASL
+    c.send(f"<abort xmlns='{SASL}'/>")
+    el = await c.recv()
+    assert el.find("{%s}aborted" % SASL) is not None
+    await c.close()
+
+
+@pytest.mark.parametrize("payload, condition", [
+    ("<message><body>unclosed</message>", "not-well-formed"),
+    ("<message><body>&foo;</body></message>", "restricted-xml"),
+    ("<!-- a comment --><message/>", "restricted-xml"),
+    ("<?target instruction?>", "restricted-xml"),
+])
+async def test_bad_xml_after_login_gets_stream_error(rookery_server, payload, condition):
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().login(rookery_server.c2s_port, jid, pw)
+    c.send(payload)
+    assert await c.stream_error() == condition
+    await c.close()
+
+
+async def test_doctype_before_root_is_restricted_xml(rookery_server):
+    c = await RawClient().connect(rookery_server.c2s_port)
+    c.send("<?xml version='1.0'?><!DOCTYPE lol [<!ENTITY lol 'lol'>]>" + HEADER.format(to="localhost"))
+    assert await c.stream_error() == "restricted-xml"
+    await c.close()
+
+
+async def test_billion_laughs_is_refused_without_expansion(rookery_server):
+    ents = "".join(f"<!ENTITY l{i} '&l{i - 1};&l{i - 1};&l{i - 1};&l{i - 1};'>" for i in range(1, 10))
+    c = await RawClient().connect(rookery_server.c2s_port)
+    c.send(f"<?xml version='1.0'?><!DOCTYPE s [<!ENTITY l0 'lol'>{ents}]>"
+           + HEADER.format(to="localhost") + "<message><body>&l9;</body></message>")
+    assert await c.stream_error() == "restricted-xml"
+    await c.close()
+
+
+async def test_oversized_stanza_is_policy_violation(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().login(rookery_server.c2s_port, jid, pw)
+    big = "x" * 70000
+    c.send("<message to='" + jid + "'><body>")
+    for _ in range(5):
+        c.send(big)
+    c.send("</body></message>")
+    assert await c.stream_error() == "policy-violation"
+    await c.close()
+
+
+async def test_deep_nesting_is_policy_violation(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().login(rookery_server.c2s_port, jid, pw)
+    c.send("<message>" + "<x xmlns='urn:x'>" * 100 + "</x>" * 100 + "</message>")
+    assert await c.stream_error() == "policy-violation"
+    await c.close()
+
+
+async def test_stanza_before_authentication_is_not_authorized(rookery_server):
+    c = await _secure_stream(rookery_server)
+    c.send("<message to='someone@localhost'><body>hi</body></message>")
+    assert await c.stream_error() == "not-authorized"
+    await c.close()
+
+
+async def test_wrong_stream_namespace_is_invalid_namespace(rookery_server):
+    c = await RawClient().connect(rookery_server.c2s_port)
+    c.send("<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:server' "
+           "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+    assert await c.stream_error() == "invalid-namespace"
+    await c.close()
+
+
+async def test_unknown_host_is_host_unknown(rookery_server):
+    c = await RawClient().connect(rookery_server.c2s_port)
+    c.send(HEADER.format(to="elsewhere.example"))
+    assert await c.stream_error() == "host-unknown"
+    await c.close()
+
+
+async def test_pre_xmpp1_stream_is_unsupported_version_without_legacy_auth(rookery_server):
+    c = await RawClient().connect(rookery_server.c2s_port)
+    c.send("<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
+           "xmlns:stream='http://etherx.jabber.org/streams'>")
+    assert await c.stream_error() == "unsupported-version"
+    await c.close()
+
+
+async def test_garbage_before_stream_is_not_well_formed(rookery_server):
+    c = await RawClient().connect(rookery_server.c2s_port)
+    c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert await c.stream_error() in ("not-well-formed", "invalid-namespace")
+    await c.close()
+
+
+async def test_client_close_gets_closing_tag(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().login(rookery_server.c2s_port, jid, pw)
+    c.send("</stream:stream>")
+    el = await c.recv()
+    assert el.tag == "{%s}closed" % STREAM_NS
+    await c.close()
+
+
+async def test_bad_to_jid_is_jid_malformed_and_session_lives(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().login(rookery_server.c2s_port, jid, pw)
+    r = await c.iq("<iq type='get' id='m1' to='@@bad'><query xmlns='jabber:iq:version'/></iq>")
+    assert r.get("type") == "error" and error_condition(r) == "jid-malformed"
+    c.send("<message to='a@b@c' id='m2'><body>x</body></message>")
+    r = await c.recv_until(lambda e: e.get("id") == "m2")
+    assert error_condition(r) == "jid-malformed"
+    r = await c.iq("<iq type='get' id='alive'><query xmlns='urn:unknown:thing'/></iq>")
+    assert error_condition(r) == "service-unavailable"
+    await c.close()
+
+
+async def test_iq_with_unknown_payload_is_service_unavailable(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().login(rookery_server.c2s_port, jid, pw)
+    for to in ("localhost", jid, ""):
+        to_attr = f" to='{to}'" if to else ""
+        r = await c.iq(f"<iq type='get' id='u{len(to)}'{to_attr}><nope xmlns='urn:example:nope'/></iq>")
+        assert r.get("type") == "error" and error_condition(r) == "service-unavailable"
+    await c.close()
+
+
+async def test_iq_without_payload_is_bad_request(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().login(rookery_server.c2s_port, jid, pw)
+    r = await c.iq("<iq type='get' id='e1' to='localhost'/>")
+    assert error_condition(r) == "bad-request"
+    await c.close()
+
+
+async def test_iq_result_nobody_asked_for_is_dropped(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().login(rookery_server.c2s_port, jid, pw)
+    c.send("<iq type='result' id='unsolicited' to='localhost'/>")
+    c.send(f"<iq type='error' id='unsolicited2' to='{jid}'/>")
+    await c.expect_nothing()
+    r = await c.iq("<iq type='get' id='still'><nope xmlns='urn:x'/></iq>")
+    assert r.get("id") == "still"
+    await c.close()
+
+
+async def test_spoofed_from_is_invalid_from(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().login(rookery_server.c2s_port, jid, pw)
+    c.send("<message from='admin@localhost/x' to='localhost'><body>x</body></message>")
+    assert await c.stream_error() == "invalid-from"
+    await c.close()
+
+
+async def test_same_resource_login_replaces_old_session_with_conflict(rookery_server):
+    jid, pw = rookery_server.make_user()
+    old = await RawClient().login(rookery_server.c2s_port, jid, pw, resource="same")
+    new = await RawClient().login(rookery_server.c2s_port, jid, pw, resource="same")
+    assert await old.stream_error() == "conflict"
+    r = await new.iq("<iq type='get' id='x'><nope xmlns='urn:x'/></iq>")
+    assert r.get("id") == "x"
+    await old.close()
+    await new.close()
+
+
+async def test_server_generates_resource_when_none_requested(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().connect(rookery_server.c2s_port)
+    await c.open_stream()
+    await c.starttls()
+    await c.auth_plain(jid.split("@")[0], pw)
+    await c.open_stream()
+    r = await c.iq("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+    full = r.find(".//{urn:ietf:params:xml:ns:xmpp-bind}jid").text
+    assert full.startswith(jid + "/") and len(full) > len(jid) + 1
+    await c.close()
+
+
+async def test_session_establishment_is_accepted(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().login(rookery_server.c2s_port, jid, pw)
+    r = await c.iq("<iq type='set' id='s'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
+    assert r.get("type") == "result"
+    await c.close()
+
+
+async def test_bad_input_in_one_session_does_not_disturb_another(rookery_server):
+    a_jid, a_pw = rookery_server.make_user()
+    b_jid, b_pw = rookery_server.make_user()
+    a = await RawClient().login(rookery_server.c2s_port, a_jid, a_pw)
+    b = await RawClient().login(rookery_server.c2s_port, b_jid, b_pw)
+    a.send("<message><body>&bad;</body></message>")
+    assert await a.stream_error() == "restricted-xml"
+    b.send(f"<message to='{b_jid}/raw' id='self' type='chat'><body>still here</body></message>")
+    el = await b.recv_until(lambda e: e.get("id") == "self")
+    assert el.findtext("{jabber:client}body") == "still here"
+    await a.close()
+    await b.close()
+
+
+async def test_direct_tls_port_speaks_tls_from_first_byte(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().connect(rookery_server.direct_tls_port, tls=True)
+    features = await c.open_stream()
+    assert features.find("{urn:ietf:params:xml:ns:xmpp-tls}starttls") is None
+    assert features.find("{%s}mechanisms" % SASL) is not None
+    await c.close()
+
+
+async def test_whitespace_keepalives_are_accepted(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().login(rookery_server.c2s_port, jid, pw)
+    for _ in range(3):
+        c.send(" \n ")
+        await asyncio.sleep(0.05)
+    r = await c.iq("<iq type='get' id='k'><nope xmlns='urn:x'/></iq>")
+    assert r.get("id") == "k"
+    await c.close()
