@@ -38,7 +38,9 @@ async def test_after_starttls_scram_plus_and_plain_are_offered(rookery_server):
     c = await RawClient().connect(rookery_server.c2s_port)
     await c.open_stream()
     features = await c.starttls()
-    names = [m.text for m in features.find("{%s}mechanisms" % SASL)]
+    mechanisms = features.find("{%s}mechanisms" % SASL)
+    assert mechanisms is not None, [e.tag for e in features]
+    names = [m.text for m in mechanisms]
     assert {"SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512", "SCRAM-SHA-256-PLUS", "PLAIN"} <= set(names)
     assert features.find("{urn:xmpp:sasl-cb:0}sasl-channel-binding") is not None
     await c.close()
@@ -306,4 +308,87 @@ async def test_whitespace_keepalives_are_accepted(rookery_server):
         await asyncio.sleep(0.05)
     r = await c.iq("<iq type='get' id='k'><nope xmlns='urn:x'/></iq>")
     assert r.get("id") == "k"
+    await c.close()
+
+
+async def _scram(c: RawClient, mech: str, user: str, password: str, cb: tuple | None, flag_y: bool = False):
+    """Run a SCRAM exchange with scramp's client; return the final server element."""
+    import base64
+
+    from scramp import ScramClient
+
+    client = ScramClient([mech], user, password, channel_binding=cb)
+    first = client.get_client_first()
+    if flag_y:  # a client that supports CB but thinks the server does not (RFC 5802 §6)
+        first = "y" + first[1:]
+    c.send(f"<auth xmlns='{SASL}' mechanism='{mech}'>{base64.b64encode(first.encode()).decode()}</auth>")
+    el = await c.recv()
+    if not el.tag.endswith("challenge"):
+        return el
+    client.set_server_first(base64.b64decode(el.text).decode())
+    if flag_y:
+        final = client.get_client_final().replace("c=biws", "c=eSws", 1)
+    else:
+        final = client.get_client_final()
+    c.send(f"<response xmlns='{SASL}'>{base64.b64encode(final.encode()).decode()}</response>")
+    el = await c.recv()
+    if el.tag.endswith("success") and el.text:
+        client.set_server_final(base64.b64decode(el.text).decode())  # verifies the server signature
+    return el
+
+
+@pytest.mark.parametrize("mech", ["SCRAM-SHA-1-PLUS", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-512-PLUS"])
+async def test_scram_plus_with_tls_server_end_point_succeeds(rookery_server, mech):
+    import hashlib
+
+    jid, pw = rookery_server.make_user()
+    c = await _secure_stream(rookery_server)
+    # RFC 5929 §4.1: hash of the server certificate (our test certificate is signed with SHA-256)
+    der = c.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    cb = ("tls-server-end-point", hashlib.sha256(der).digest())
+    el = await _scram(c, mech, jid.split("@")[0], pw, cb)
+    assert el.tag == "{%s}success" % SASL
+    await c.close()
+
+
+async def test_scram_plus_with_wrong_channel_binding_is_not_authorized(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await _secure_stream(rookery_server)
+    el = await _scram(c, "SCRAM-SHA-256-PLUS", jid.split("@")[0], pw, ("tls-server-end-point", b"\0" * 32))
+    assert el.find("{%s}not-authorized" % SASL) is not None
+    await c.close()
+
+
+async def test_scram_downgrade_flag_y_is_refused_when_server_offers_plus(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await _secure_stream(rookery_server)
+    el = await _scram(c, "SCRAM-SHA-256", jid.split("@")[0], pw, None, flag_y=True)
+    assert el.tag == "{%s}failure" % SASL
+    await c.close()
+
+
+@pytest.mark.parametrize("mech", ["SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+async def test_scram_without_channel_binding_succeeds_and_server_signature_verifies(rookery_server, mech):
+    jid, pw = rookery_server.make_user()
+    c = await _secure_stream(rookery_server)
+    el = await _scram(c, mech, jid.split("@")[0], pw, None)
+    assert el.tag == "{%s}success" % SASL
+    await c.close()
+
+
+async def test_scram_wrong_password_is_not_authorized(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await _secure_stream(rookery_server)
+    el = await _scram(c, "SCRAM-SHA-256", jid.split("@")[0], pw + "x", None)
+    assert el.find("{%s}not-authorized" % SASL) is not None
+    await c.close()
+
+
+async def test_too_many_auth_failures_close_the_stream(rookery_server):
+    jid, pw = rookery_server.make_user()
+    c = await _secure_stream(rookery_server)
+    for _ in range(5):
+        el = await c.auth_plain(jid.split("@")[0], "wrong")
+        assert el.find("{%s}not-authorized" % SASL) is not None
+    assert await c.stream_error() == "policy-violation"
     await c.close()

@@ -51,7 +51,7 @@ class StreamProtocol(asyncio.Protocol):
     """Carries bytes between a socket and a stream state machine built by ``stream_factory``."""
 
     __slots__ = ("transport", "stream", "_out", "_factory", "is_secure", "ssl_context", "peer_ip",
-                 "is_loopback", "cb_data", "_closing", "_upgrading", "_flusher")
+                 "is_loopback", "cb_data", "_closing", "_upgrading", "_flusher", "_held")
 
     def __init__(self, stream_factory: Callable[[StreamProtocol], Any], ssl_context: ssl.SSLContext | None,
                  direct_tls: bool, cb_data: bytes | None, flusher: Flusher) -> None:
@@ -65,6 +65,7 @@ class StreamProtocol(asyncio.Protocol):
         self._out: list[bytes] = []
         self._closing = False
         self._upgrading = False
+        self._held: list[bytes] = []
         self.peer_ip = ""
         self.is_loopback = False
 
@@ -81,7 +82,10 @@ class StreamProtocol(asyncio.Protocol):
         self.stream = self._factory(self)
 
     def data_received(self, data: bytes) -> None:
-        if not self._closing:
+        if self._upgrading:
+            # decrypted bytes can arrive with the end of the handshake, before start_tls() returns
+            self._held.append(data)
+        elif not self._closing:
             self.stream.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -134,12 +138,19 @@ class StreamProtocol(asyncio.Protocol):
         assert self.ssl_context is not None and self.transport is not None
         self.flush()
         loop = asyncio.get_running_loop()
-        new = await loop.start_tls(self.transport, self, self.ssl_context, server_side=True,
-                                   ssl_handshake_timeout=30)
+        self._upgrading = True
+        try:
+            new = await loop.start_tls(self.transport, self, self.ssl_context, server_side=True,
+                                       ssl_handshake_timeout=30)
+        finally:
+            self._upgrading = False
         if new is None:
             raise ConnectionError("TLS upgrade failed")
         self.transport = new  # type: ignore[assignment]
         self.is_secure = True
+        held, self._held = self._held, []
+        for data in held:
+            self.data_received(data)
 
     def tls_info(self) -> dict[str, str | None]:
         if self.transport is None:
