@@ -103,22 +103,28 @@ class C2SStream:
         peer_from = root.get("from")
         self._send_header(peer_from)
         if root.tag != _STREAM_TAG:
-            return self.stream_error("invalid-namespace", "the root element must be <stream:stream>")
+            self.stream_error("invalid-namespace", "the root element must be <stream:stream>")
+            return None
         if nsmap.get("", ns.CLIENT) != ns.CLIENT or "" not in nsmap:
-            return self.stream_error("invalid-namespace", "the content namespace must be jabber:client")
+            self.stream_error("invalid-namespace", "the content namespace must be jabber:client")
+            return None
         if not to:
-            return self.stream_error("improper-addressing", "a 'to' attribute is required")
+            self.stream_error("improper-addressing", "a 'to' attribute is required")
+            return None
         if self.host not in self.server.hosts:
-            return self.stream_error("host-unknown", "this server does not serve that domain")
+            self.stream_error("host-unknown", "this server does not serve that domain")
+            return None
         version = root.get("version")
         if version is None:
             # RFC 6120 §4.7.5: a pre-1.0 client gets no features; only XEP-0078 can log it in.
             if self._legacy is None:
-                return self.stream_error("unsupported-version", "XMPP 1.0 is required")
+                self.stream_error("unsupported-version", "XMPP 1.0 is required")
+                return None
             return
         major, _, _minor = version.partition(".")
         if not major.isdigit():
-            return self.stream_error("unsupported-version")
+            self.stream_error("unsupported-version")
+            return None
         self.transport.write(serialize(self._features()).encode())
 
     def _send_header(self, peer_from: str | None) -> None:
@@ -206,7 +212,7 @@ class C2SStream:
                 q = self._queue
                 if not q or self.closed:
                     break
-                r = None
+                r = None  # type: ignore[assignment]
                 while q and r is None and not self.closed:
                     r = self._process(q.popleft())
                 if r is None:
@@ -222,7 +228,8 @@ class C2SStream:
         if self.bound:
             if tag in _STANZA_KINDS:
                 return self._route(el)
-            return self.stream_error("unsupported-stanza-type")
+            self.stream_error("unsupported-stanza-type")
+            return None
         if tag.startswith(_SASL):
             return self._sasl_element(el)
         if tag == _TLS + "starttls":
@@ -234,11 +241,14 @@ class C2SStream:
             return None
         if tag == "iq" and self._legacy is not None and el.find("{%s}query" % ns.IQ_AUTH) is not None:
             if self.cfg.require_encryption and not self.transport.is_secure:
-                return self.stream_error("policy-violation", "encryption is required")
+                self.stream_error("policy-violation", "encryption is required")
+                return None
             return self._legacy.handle(el)
         if tag in _STANZA_KINDS:
-            return self.stream_error("not-authorized", "authenticate and bind a resource first")
-        return self.stream_error("unsupported-stanza-type")
+            self.stream_error("not-authorized", "authenticate and bind a resource first")
+            return None
+        self.stream_error("unsupported-stanza-type")
+        return None
 
     def _route(self, el: Element) -> Awaitable | None:
         """RFC 6120 §8.1.2.1: stamp 'from'; parse 'to'; hand to the router."""
@@ -251,7 +261,8 @@ class C2SStream:
             except InvalidJID:
                 fj = None
             if fj is None or (fj.full != jid.full and fj.full != jid.bare):
-                return self.stream_error("invalid-from")
+                self.stream_error("invalid-from")
+                return None
         el.set("from", jid.full)
         to_s = el.get("to")
         kind = el.tag
@@ -342,7 +353,8 @@ class C2SStream:
     def _sasl_element(self, el: Element) -> Awaitable | None:
         local = el.tag[len(_SASL):]
         if self.authenticated:
-            return self.stream_error("policy-violation", "already authenticated")
+            self.stream_error("policy-violation", "already authenticated")
+            return None
         if self.cfg.require_encryption and not self.transport.is_secure:
             return self._sasl_failure("encryption-required", "use STARTTLS first")
         text = (el.text or "").strip()
@@ -479,7 +491,7 @@ class C2SStream:
         self.bound = True
         self.authenticated = True
         self._timeout.cancel()
-        old = self.server.router.sessions.add(self)
+        old = self.server.router.sessions.add(self)  # type: ignore[arg-type]
         if old is not None:
             old.close("conflict", "replaced by a new session")
         r = self.server.router.fire("session-bound", self)
@@ -535,7 +547,7 @@ class C2SStream:
         self._timeout.cancel()
         self.server.streams.discard(self)
         if self.bound:
-            self.server.router.sessions.remove(self)
+            self.server.router.sessions.remove(self)  # type: ignore[arg-type]
             r = self.server.router.fire("session-ended", self)
             if r is not None:
                 self.server.router.spawn(r)

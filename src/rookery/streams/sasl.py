@@ -14,6 +14,7 @@ import hmac
 import os
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from scramp import ScramException, ScramMechanism
 
@@ -105,7 +106,7 @@ class ScramExchange:
         self.hash_name = base.removeprefix("SCRAM-")
         self.mech = ScramMechanism(mechanism)
         self.cb = ("tls-server-end-point", cb_data) if cb_data is not None else None
-        self.server = None
+        self.server: Any = None
         self.username = ""
 
     def first(self, client_first_b64: str, cred: ScramCredential) -> str:
