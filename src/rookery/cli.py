@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import re
 import signal
 import sys
 from typing import Any
@@ -42,9 +43,12 @@ def _read_password(args: argparse.Namespace) -> str:
     if args.password is not None:
         pw = args.password
     elif sys.stdin.isatty():
-        pw = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != pw:
-            raise CLIError("the passwords do not match")
+        try:
+            pw = getpass.getpass("Password: ")
+            if getpass.getpass("Again: ") != pw:
+                raise CLIError("the passwords do not match")
+        except EOFError:
+            raise CLIError("no password given") from None
     else:
         pw = sys.stdin.readline().rstrip("\r\n")
     if not pw:
@@ -58,12 +62,43 @@ def _read_password(args: argparse.Namespace) -> str:
     return pw
 
 
+def _check_paths(cfg: Config, create: bool = True) -> None:
+    """Errors the schema cannot see: an unusable ``data_dir``, unreadable ``tls.cert`` / ``tls.key``."""
+    try:
+        if create:
+            cfg.data_path().mkdir(parents=True, exist_ok=True)
+        elif cfg.data_path().exists() and not cfg.data_path().is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+    except OSError as e:
+        raise CLIError(f"data_dir: cannot use {cfg.data_dir}: {e.strerror or e}") from None
+    if cfg.tls.cert and cfg.tls.key:
+        from pathlib import Path
+
+        from .tls import server_context
+
+        try:
+            server_context(Path(cfg.tls.cert), Path(cfg.tls.key), cfg.tls.min_version)
+        except OSError as e:  # ssl.SSLError too
+            raise CLIError(f"tls.cert / tls.key: cannot load {cfg.tls.cert} / {cfg.tls.key}: "
+                           f"{e.strerror or e}") from None
+
+
+def _storage_name(cfg: Config) -> str:
+    """The ``storage`` setting without its password, for messages."""
+    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", cfg.storage)
+
+
 async def _with_storage(cfg: Config, fn: Any) -> Any:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from .storage.sql import make_storage
 
-    cfg.data_path().mkdir(parents=True, exist_ok=True)
+    _check_paths(cfg)
     st = make_storage(cfg.storage, str(cfg.data_path()), offline_limit=cfg.offline.max_messages)
-    await st.open()
+    try:
+        await st.open()
+    except (OSError, SQLAlchemyError) as e:
+        raise CLIError(f"storage: cannot open {_storage_name(cfg)}: {str(e).splitlines()[0]}") from None
     try:
         return await fn(st)
     finally:
@@ -128,13 +163,15 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    print(f"configuration OK: domains {', '.join(cfg.domains)}; storage {cfg.storage}; "
+    _check_paths(cfg, create=False)
+    print(f"configuration OK: domains {', '.join(cfg.domains)}; storage {_storage_name(cfg)}; "
           f"{len(cfg.modules)} modules")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    _check_paths(cfg)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -146,6 +183,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(cfg: Config) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from .server import Server
 
     server = Server(cfg)
@@ -155,9 +194,9 @@ async def _serve(cfg: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-    except OSError as e:
+    except (OSError, SQLAlchemyError) as e:
         await server.stop(timeout=0)
-        raise CLIError(str(e)) from None
+        raise CLIError(str(e).splitlines()[0]) from None
     await stop.wait()
     logging.getLogger("rookery").info("shutting down")
     await server.stop()

@@ -6,6 +6,7 @@ one JSON request per line; only the local user that can reach ``data_dir`` can u
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -28,7 +29,10 @@ class ControlServer:
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            self.path.unlink()
+            if notify(self.path.parent, {"op": "status"}, timeout=1.0) is not None:
+                # never take the socket from a live server: its CLI notifications would come here
+                raise OSError(errno.EADDRINUSE, f"{self.path} belongs to another running server")
+            self.path.unlink()  # left behind by a server that died
         self._srv = await asyncio.start_unix_server(self._client, path=str(self.path))
         os.chmod(self.path, 0o600)
 
