@@ -173,6 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _check_paths(cfg)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations report themselves only on trouble
     try:
         import uvloop  # type: ignore[import-not-found]
 
