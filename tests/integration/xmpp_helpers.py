@@ -92,6 +92,15 @@ class RawClient:
             if pred(el):
                 return el
 
+    async def collect_until(self, pred, timeout: float = 5.0) -> list[Element]:
+        """Receive stanzas, keeping all of them, until ``pred(list_so_far)`` is true."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        got: list[Element] = []
+        while not pred(got):
+            got.append(await self.recv(max(0.01, deadline - loop.time())))
+        return got
+
     async def expect_nothing(self, timeout: float = 0.3) -> None:
         try:
             el = await self.recv(timeout)
@@ -181,6 +190,9 @@ async def slix_client(server, jid: str, password: str, *, direct_tls: bool = Fal
     c.connect("127.0.0.1", port)
     await asyncio.wait_for(started, timeout)
     if presence:
+        # like any IM client: fetch the roster (becoming an "interested resource", RFC 6121 §2.1.6),
+        # then send initial presence
+        await c.get_roster()
         c.send_presence()
     return c
 
