@@ -38,6 +38,7 @@ import json
 import logging
 import random
 import re
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -176,6 +177,15 @@ class SQLAccountStore:
         return await self._db._write(tx)
 
     async def get_credentials(self, host: str, user: str) -> dict[str, ScramCredential] | None:
+        rows = self._db.point_read(_SQL_CREDENTIALS, (host, user))
+        if rows is not None:  # SQLite fast path (see SQLStorage.point_read)
+            if rows:
+                return {r[0]: ScramCredential(salt=bytes(r[1]), iterations=r[2], stored_key=bytes(r[3]),
+                                              server_key=bytes(r[4])) for r in rows}
+            exists = self._db.point_read(_SQL_ACCOUNT, (host, user))
+            if exists is not None:
+                return {} if exists else None
+
         async def tx(conn: AsyncConnection) -> dict[str, ScramCredential] | None:
             rows = (await conn.execute(sa.select(credentials).where(_user(credentials, host, user)))).all()
             if not rows and not await _account_exists(conn, host, user):
@@ -213,6 +223,9 @@ class SQLAccountStore:
         return await self._db._write(tx)
 
     async def exists(self, host: str, user: str) -> bool:
+        rows = self._db.point_read(_SQL_ACCOUNT, (host, user))
+        if rows is not None:
+            return bool(rows)
         return await self._db._read(lambda conn: _account_exists(conn, host, user))
 
     async def list(self, host: str | None = None) -> builtins.list[tuple[str, str]]:
@@ -224,6 +237,12 @@ class SQLAccountStore:
             return [(r.host, r.username) for r in await conn.execute(stmt)]
 
         return await self._db._read(tx)
+
+
+_SQL_CREDENTIALS = (
+    "SELECT hash_name, salt, iterations, stored_key, server_key FROM credentials WHERE host = ? AND username = ?"
+)
+_SQL_ACCOUNT = "SELECT 1 FROM accounts WHERE host = ? AND username = ?"
 
 
 async def _account_exists(conn: AsyncConnection, host: str, user: str) -> bool:
@@ -515,6 +534,7 @@ class SQLStorage:
         # SQLite has one writer at a time: queue this process's writers here rather than in SQLite's
         # busy handler, which polls with sleeps of up to 100 ms.
         self._write_lock: asyncio.Lock | None = None
+        self._ro: sqlite3.Connection | None = None
         self._insert: Callable[[sa.Table], Any] = (
             pg_dialect.insert if self.is_postgresql else sqlite_dialect.insert
         )
@@ -548,8 +568,32 @@ class SQLStorage:
         self._snap_engine = (
             engine.execution_options(isolation_level="REPEATABLE READ") if self.is_postgresql else engine
         )
+        if not self.is_postgresql:
+            self._ro = sqlite3.connect(f"file:{self.url.database}?mode=ro", uri=True, isolation_level=None,
+                                       check_same_thread=False)
+            self._ro.execute("PRAGMA query_only = 1")
+            self._ro.execute("PRAGMA busy_timeout = 50")
+
+    def point_read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]] | None:
+        """SQLite only: run a primary-key lookup inline on a read-only connection; None elsewhere or
+        when the database is busy (the caller then takes the async path).
+
+        Why: through SQLAlchemy's async layer and aiosqlite's thread, a one-row read costs 0.6-1.3 ms of
+        CPU (measured: ``bench`` login profile); inline it is ~20 µs.  In WAL mode readers never wait for
+        the writer, so this does not stall the event loop.  Each statement is its own snapshot.
+        """
+        ro = self._ro
+        if ro is None:
+            return None
+        try:
+            return ro.execute(sql, params).fetchall()
+        except sqlite3.Error:
+            return None
 
     async def close(self) -> None:
+        ro, self._ro = self._ro, None
+        if ro is not None:
+            ro.close()
         engine, self._engine = self._engine, None
         self._wengine = self._snap_engine = None
         if engine is not None:
