@@ -93,12 +93,8 @@ class Router:
         for i, fn in enumerate(chain):
             try:
                 r = fn(st)
-            except StanzaError as e:
-                self.reply(st, st.error(e))
-                return True
-            except Exception:
-                log.exception("handler for %s failed", event)
-                self.reply(st, st.error("internal-server-error"))
+            except Exception as e:
+                self._failed(st, e, event)
                 return True
             if r is None or r is False:
                 continue
@@ -110,18 +106,18 @@ class Router:
     async def _continue_chain(self, event: str, coro: Awaitable, rest: list[Handler], st: Stanza) -> bool:
         try:
             r = await coro
-        except StanzaError as e:
-            self.reply(st, st.error(e))
-            return True
-        except Exception:
-            log.exception("handler for %s failed", event)
-            self.reply(st, st.error("internal-server-error"))
+        except Exception as e:
+            self._failed(st, e, event)
             return True
         if r is None or r is False:
-            for j, fn in enumerate(rest):
-                r = fn(st)
-                if iscoroutine(r):
-                    r = await r
+            for fn in rest:
+                try:
+                    r = fn(st)
+                    if iscoroutine(r):
+                        r = await r
+                except Exception as e:
+                    self._failed(st, e, event)
+                    return True
                 if r is not None and r is not False:
                     return True
             return False
@@ -301,12 +297,8 @@ class Router:
     def call_iq(self, fn: Handler, st: Stanza) -> Awaitable | None:
         try:
             r = fn(st)
-        except StanzaError as e:
-            self.reply(st, st.error(e))
-            return None
-        except Exception:
-            log.exception("iq handler %r failed", fn)
-            self.reply(st, st.error("internal-server-error"))
+        except Exception as e:
+            self._failed(st, e, "iq")
             return None
         if iscoroutine(r):
             return self._finish_iq(r, st)
@@ -317,15 +309,21 @@ class Router:
     async def _finish_iq(self, coro: Awaitable, st: Stanza) -> None:
         try:
             r = await coro
-        except StanzaError as e:
-            self.reply(st, st.error(e))
-            return
-        except Exception:
-            log.exception("iq handler failed")
-            self.reply(st, st.error("internal-server-error"))
+        except Exception as e:
+            self._failed(st, e, "iq")
             return
         if r is not None:
             self.reply(st, r)
+
+    def _failed(self, st: Stanza, exc: Exception, what: str) -> None:
+        """A handler raised: ``StanzaError`` is the reply; anything else is logged and answered
+        ``<internal-server-error/>`` (the session lives on).  Errors are never answered with errors
+        (RFC 6120 §8.3.1)."""
+        if not isinstance(exc, StanzaError):
+            log.error("handler for %s failed", what, exc_info=exc)
+            exc = StanzaError("internal-server-error")
+        if st.type != "error":
+            self.reply(st, st.error(exc))
 
     async def request(self, el: Element, timeout: float = 30.0) -> Stanza:
         """Send a server-originated iq and wait for its result/error (raises TimeoutError)."""
