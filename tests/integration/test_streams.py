@@ -392,3 +392,31 @@ async def test_too_many_auth_failures_close_the_stream(rookery_server):
         assert el.find("{%s}not-authorized" % SASL) is not None
     assert await c.stream_error() == "policy-violation"
     await c.close()
+
+
+async def test_handler_exception_replies_internal_server_error_and_session_lives(rookery_server):
+    from rookery.stanza import StanzaError
+
+    def boom(_st):
+        raise RuntimeError("bug in a module")
+
+    async def boom_async(_st):
+        raise RuntimeError("async bug in a module")
+
+    def refuse(_st):
+        raise StanzaError("not-allowed", "no")
+
+    router = rookery_server.server.router
+    for name, fn in (("boom", boom), ("boomasync", boom_async), ("refuse", refuse)):
+        key = ("get", "urn:test:handlers", name, "host")
+        if key not in router.iq:
+            rookery_server.call_sync(router.add_iq_handler, key, fn)
+    jid, pw = rookery_server.make_user()
+    c = await RawClient().login(rookery_server.c2s_port, jid, pw)
+    for i, (name, cond) in enumerate((("boom", "internal-server-error"), ("boomasync", "internal-server-error"),
+                                       ("refuse", "not-allowed"))):
+        r = await c.iq(f"<iq type='get' id='h{i}' to='localhost'><{name} xmlns='urn:test:handlers'/></iq>")
+        assert r.get("type") == "error" and error_condition(r) == cond
+    r = await c.iq("<iq type='get' id='after' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+    assert r.get("type") == "result"
+    await c.close()
