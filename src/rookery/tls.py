@@ -32,7 +32,7 @@ def ensure_certificate(cert: str | None, key: str | None, data_dir: Path, domain
     tls_dir.mkdir(parents=True, exist_ok=True)
     pkey = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     sans: list[x509.GeneralName] = []
     for d in domains:
         sans.append(x509.DNSName(d))

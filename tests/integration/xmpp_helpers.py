@@ -104,7 +104,7 @@ class RawClient:
     async def expect_nothing(self, timeout: float = 0.3) -> None:
         try:
             el = await self.recv(timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             return
         raise AssertionError(f"unexpected {el.tag} {el.attrib}")
 
