@@ -18,6 +18,10 @@ _USERNAME = precis_i18n.get_profile("UsernameCaseMapped")
 _OPAQUE = precis_i18n.get_profile("OpaqueString")
 _LOCAL_FORBIDDEN = set('"&\'/:<>@')
 _DOMAIN_ASCII_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-._")
+_LABEL_SEPARATORS = ".\u3002\uff0e\uff61"  # RFC 5892 / IDNA2008 §2.3.1: full stops that separate labels
+# §3.1: the 1023-octet limits apply *after* normalization, which can shrink a part (fullwidth to ASCII
+# is 3 octets to 1); a raw part beyond this cannot be valid, so it is refused before any work.
+_MAX_RAW = 3 * 1023
 
 
 class InvalidJID(ValueError):
@@ -30,7 +34,7 @@ def _octets(s: str) -> int:
 
 def nodeprep(local: str) -> str:
     """RFC 7622 §3.3 localpart normalization."""
-    if not local or _octets(local) > 1023:
+    if not local or _octets(local) > _MAX_RAW:
         raise InvalidJID("localpart length")
     try:
         out = _USERNAME.enforce(local)
@@ -45,7 +49,7 @@ def nodeprep(local: str) -> str:
 
 def resourceprep(resource: str) -> str:
     """RFC 7622 §3.4 resourcepart normalization."""
-    if not resource or _octets(resource) > 1023:
+    if not resource or _octets(resource) > _MAX_RAW:
         raise InvalidJID("resourcepart length")
     try:
         out = _OPAQUE.enforce(resource)
@@ -58,7 +62,7 @@ def resourceprep(resource: str) -> str:
 
 def nameprep(domain: str) -> str:
     """RFC 7622 §3.2 domainpart normalization."""
-    if domain.endswith("."):
+    if domain and domain[-1] in _LABEL_SEPARATORS:  # §3.2: a final label separator is stripped
         domain = domain[:-1]
     if not domain or _octets(domain) > 1023:
         raise InvalidJID("domainpart length")
@@ -68,16 +72,19 @@ def nameprep(domain: str) -> str:
         except ValueError:
             raise InvalidJID("bad IPv6 literal") from None
     low = domain.lower()
-    if low.isascii():
+    if low.isascii() and "xn--" not in low:  # §3.2.1: A-labels go through IDNA to become U-labels
         if not _DOMAIN_ASCII_OK.issuperset(low) or any(
             not label or len(label) > 63 for label in low.split(".")
         ):
             raise InvalidJID("bad domainpart")
         return low
     try:
-        return idna.decode(idna.encode(domain, uts46=True))
+        out = idna.decode(idna.encode(domain, uts46=True))
     except idna.IDNAError as e:
         raise InvalidJID(f"domainpart: {e}") from None
+    if out.endswith("."):  # a second final separator, mapped to '.' by UTS #46
+        raise InvalidJID("bad domainpart")
+    return out
 
 
 class JID:
@@ -133,7 +140,7 @@ class JID:
 
 @lru_cache(maxsize=65536)
 def _parse(s: str) -> JID:
-    if not s or _octets(s) > 3071 + 2:
+    if not s or _octets(s) > 3 * _MAX_RAW + 2:
         raise InvalidJID("empty or too long")
     rest, slash, resource = s.partition("/")
     if slash and not resource:

@@ -2,25 +2,41 @@
 
 Built on the C-accelerated ``xml.etree.ElementTree.XMLPullParser`` (expat underneath), which DESIGN.md
 measured fastest.  RFC 6120 §11.1 restrictions: a DTD (hence any entity declaration) can only appear
-before the root element, so ``<!`` is refused there; comments and processing instructions are refused
-wherever they appear; undeclared entity references are refused as restricted XML too.  Each finished
-stanza is detached from the stream root so memory stays flat.  Limits on stanza size and nesting depth
-answer ``<policy-violation/>`` (RFC 6120 §4.9.3.14).
+before the root element, so before it nothing but an XML declaration and whitespace is accepted;
+comments and processing instructions are refused wherever they appear; undeclared entity references
+are refused as restricted XML too.  RFC 6120 §11.6: the stream is UTF-8 whatever it declares (expat is
+told so), a UTF-16 byte order mark or another declared encoding is ``<unsupported-encoding/>``.  Each
+finished stanza is detached from the stream root so memory stays flat.  Limits on stanza size and
+nesting depth answer ``<policy-violation/>`` (RFC 6120 §4.9.3.14).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from xml.etree.ElementTree import Element, ParseError, XMLPullParser
+from collections.abc import Callable, Iterator
+from typing import Any, Final, Literal
+from xml.etree.ElementTree import Element, ParseError, TreeBuilder, XMLParser, XMLPullParser
 
 from . import ns
 
-_EVENTS = ("start", "end", "start-ns", "comment", "pi")
+_EVENTS: Final[tuple[Literal["start", "end", "start-ns", "comment", "pi"], ...]] = (
+    "start", "end", "start-ns", "comment", "pi",
+)
 # expat error codes (pyexpat.errors): 11 = undefined entity, 12 = recursive entity, 15 = ref to binary
 # entity, 16 = ref to external entity, 17 = misplaced XML declaration / processing instruction.
 _RESTRICTED_CODES = {11, 12, 15, 16, 17}
-_FIRST_TAG = re.compile(rb"<[^?!]")
+_XML_DECL = re.compile(rb"<\?xml[ \t\r\n]")
+_S = rb"[ \t\r\n]"
+_EQ = _S + rb"*=" + _S + rb"*"
+_XML_DECL_FULL = re.compile(  # what expat accepts as an XML declaration
+    rb"<\?xml" + _S + rb"+version" + _EQ + rb"(?:'[A-Za-z0-9_.:-]*'|\"[A-Za-z0-9_.:-]*\")"
+    + rb"(?:" + _S + rb"+encoding" + _EQ + rb"(?:'([A-Za-z][A-Za-z0-9._-]*)'|\"([A-Za-z][A-Za-z0-9._-]*)\"))?"
+    + rb"(?:" + _S + rb"+standalone" + _EQ + rb"(?:'(?:yes|no)'|\"(?:yes|no)\"))?"
+    + _S + rb"*\?>"
+)
+_MAX_PROLOG = 4096
+_BOM = b"\xef\xbb\xbf"
+_SLICE = 4096  # larger chunks are fed in slices of this size (see StreamParser)
 
 
 class XMLStreamError(Exception):
@@ -32,10 +48,55 @@ class XMLStreamError(Exception):
         self.text = text
 
 
+def _strip(el: Element, prefix: str, plen: int) -> None:
+    """Remove the content namespace from ``el`` and from the descendants that inherit it."""
+    el.tag = el.tag[plen:]
+    for child in el:
+        if child.tag.startswith(prefix):
+            _strip(child, prefix, plen)
+
+
+def _prolog_done(buf: bytes) -> bool:
+    """True once ``buf`` holds the start of the root tag; raises if something else comes first."""
+    if len(buf) < 3 and (_BOM.startswith(buf) or buf in (b"\xfe", b"\xff")):
+        return False  # perhaps a byte order mark
+    i = 3 if buf[:3] == _BOM else 0
+    if _XML_DECL.match(buf, i):
+        end = buf.find(b"?>", i)
+        if end < 0:
+            return False
+        m = _XML_DECL_FULL.fullmatch(buf, i, end + 2)
+        if m is None:
+            raise XMLStreamError("not-well-formed", "malformed XML declaration")
+        encoding = m[1] or m[2]
+        if encoding is not None and encoding.lower() not in (b"utf-8", b"utf8"):
+            raise XMLStreamError("unsupported-encoding", "XMPP streams are UTF-8")
+        i = end + 2
+    elif len(buf) - i < 6 and b"<?xml"[: len(buf) - i] == buf[i:]:
+        return False  # perhaps the start of an XML declaration
+    j = buf.find(b"<", i)
+    if buf[i : j if j >= 0 else len(buf)].strip(b" \t\r\n"):
+        raise XMLStreamError("not-well-formed", "text before the stream header")
+    if j < 0 or j + 1 == len(buf):
+        return False
+    if buf[j + 1] in b"!?":  # <!DOCTYPE, <!-- -->, <![CDATA[ or a processing instruction
+        raise XMLStreamError("restricted-xml", "only an XML declaration may precede the stream")
+    return True
+
+
 class StreamParser:
     """Feed bytes; get ``on_open(root, namespaces)``, ``on_stanza(element)``, ``on_close()`` callbacks.
 
-    ``content_ns`` is stripped from stanza tags (see ``rookery.xml``).  Raises ``XMLStreamError``.
+    ``content_ns`` is stripped from stanza tags (see ``rookery.xml``): from the stanza element and from
+    the descendants that inherit it, not from a ``<message xmlns='jabber:client'>`` nested inside another
+    namespace (a XEP-0297 forward), which keeps its Clark name so it serializes with its namespace.
+    Raises ``XMLStreamError``.
+
+    ``max_stanza_size`` bounds the bytes fed since the last stanza ended (the stream header and the
+    whitespace between stanzas included), checked after each slice of at most ``_SLICE`` bytes.  expat
+    gives no byte offsets, so the slice in which a stanza ends, and the part of a stanza in the slice
+    where the previous one ended, are not counted: a stanza within the limit always passes, one more
+    than ``2 * _SLICE`` bytes over it never does, and a large one is refused before it is complete.
     """
 
     __slots__ = (
@@ -52,7 +113,11 @@ class StreamParser:
         max_stanza_size: int = 262144,
         max_depth: int = 32,
     ) -> None:
-        self._parser = XMLPullParser(events=_EVENTS)
+        # encoding="utf-8" overrides whatever the XML declaration says (RFC 6120 §11.6), so expat never
+        # consults Python codecs for an unknown encoding (a LookupError or ValueError out of feed()).
+        self._parser: XMLPullParser[Element] = XMLPullParser(
+            events=_EVENTS, _parser=XMLParser(target=TreeBuilder(), encoding="utf-8")
+        )
         self._on_open = on_open
         self._on_stanza = on_stanza
         self._on_close = on_close
@@ -61,10 +126,10 @@ class StreamParser:
         self._nsmap: dict[str, str] = {}
         self._prefix = "{%s}" % ns.CLIENT
         self._plen = len(self._prefix)
-        self._pending = b""  # bytes seen before the root start tag (to refuse a DTD)
+        self._pending: bytes | None = b""  # the prolog seen so far; None once the root tag has begun
         self.max_stanza_size = max_stanza_size
         self.max_depth = max_depth
-        self._size = 0
+        self._size = 0  # bytes since the last stanza boundary; -1: a boundary in the current slice
         self._closed = False
 
     def set_content_namespace(self, namespace: str) -> None:
@@ -74,38 +139,60 @@ class StreamParser:
     def feed(self, data: bytes) -> None:
         if self._closed:
             return
-        if self._root is None:
+        if self._pending is not None:
             self._check_prolog(data)
-        if self._depth > 0:
+        if len(data) <= _SLICE:
+            self._feed(data)
+            return
+        view = memoryview(data)  # slicing keeps the size accounting within _SLICE bytes, at no cost
+        for i in range(0, len(data), _SLICE):
+            self._feed(view[i : i + _SLICE])
+            if self._closed:
+                return
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        self._parser.feed(data)
+        self._drain()
+        if self._closed:
+            return
+        if self._size < 0:  # a stanza ended in this slice: what follows it here is not counted
+            self._size = 0
+        else:
             self._size += len(data)
             if self._size > self.max_stanza_size:
                 raise XMLStreamError("policy-violation", "stanza too large")
-        self._parser.feed(data)
-        self._drain()
 
     def _check_prolog(self, data: bytes) -> None:
+        """RFC 6120 §11.1, §11.6: before the root only a UTF-8 XML declaration and whitespace.
+
+        Checked on the bytes before expat sees them, so a DTD is refused before it is parsed; the prolog
+        is kept until the character after the root's ``<`` has arrived, and whatever the chunking, the
+        first offending byte decides the error."""
+        assert self._pending is not None
         buf = self._pending + data
-        m = _FIRST_TAG.search(buf)
-        head = buf if m is None else buf[: m.start()]
-        if b"<!" in head:
-            raise XMLStreamError("restricted-xml", "DTDs are not allowed in XMPP")
-        if m is None:
-            if len(buf) > 4096:
-                raise XMLStreamError("policy-violation", "stream prolog too long")
-            self._pending = buf[-1:]  # keep a trailing '<' across chunks
+        if buf[:2] in (b"\xfe\xff", b"\xff\xfe"):
+            raise XMLStreamError("unsupported-encoding", "XMPP streams are UTF-8")
+        nul = buf.find(b"\x00", 0, _MAX_PROLOG + 1)  # UTF-16 without a byte order mark
+        stop = _MAX_PROLOG + 1 if nul < 0 else nul  # what precedes it decides first
+        if _prolog_done(buf[:stop]):
+            self._pending = None
+        elif nul >= 0:
+            raise XMLStreamError("unsupported-encoding", "XMPP streams are UTF-8")
+        elif len(buf) > _MAX_PROLOG:
+            raise XMLStreamError("policy-violation", "stream prolog too long")
         else:
-            self._pending = b""
+            self._pending = buf
 
     def _drain(self) -> None:
         try:
-            events = self._parser.read_events()
+            events: Iterator[Any] = self._parser.read_events()  # (event, element or (prefix, uri))
             for event, obj in events:
                 if event == "start":
                     self._depth += 1
                     if self._depth == 1:
                         self._root = obj
+                        self._size = -1
                         self._on_open(obj, self._nsmap)
-                        self._size = 0
                     elif self._depth > self.max_depth:
                         raise XMLStreamError("policy-violation", "nesting too deep")
                 elif event == "end":
@@ -114,13 +201,15 @@ class StreamParser:
                         root = self._root
                         assert root is not None
                         root.remove(obj)
-                        self._size = 0
+                        self._size = -1
                         prefix = self._prefix
-                        if obj.tag.startswith(prefix):
+                        tag = obj.tag
+                        if tag.startswith(prefix):
                             plen = self._plen
-                            for el in obj.iter():
-                                if el.tag.startswith(prefix):
-                                    el.tag = el.tag[plen:]
+                            obj.tag = tag[plen:]
+                            for child in obj:
+                                if child.tag.startswith(prefix):
+                                    _strip(child, prefix, plen)
                         self._on_stanza(obj)
                         if self._closed:
                             return
@@ -130,8 +219,7 @@ class StreamParser:
                         return
                 elif event == "start-ns":
                     if self._root is None:
-                        prefix, uri = obj
-                        self._nsmap[prefix] = uri
+                        self._nsmap[obj[0]] = obj[1]
                 else:  # comment, pi
                     raise XMLStreamError("restricted-xml", f"{event} not allowed in XMPP")
         except ParseError as e:

@@ -1,7 +1,11 @@
 """Fast XML serializer (DESIGN.md hot path: ElementTree's ``tostring`` is slow).
 
 Namespaces are written as default-namespace declarations only where they change; tags without a
-namespace are in the stream's content namespace (see ``rookery.xml``).  Escaping uses ``str.translate``.
+namespace are in the stream's content namespace (see ``rookery.xml``).  Escaping uses ``str.translate``;
+``\r`` in text and ``\t \n \r`` in attribute values are written as character references, which XML
+end-of-line and attribute-value normalization would otherwise turn into ``\n`` and spaces.  Elements
+in the ``xml`` namespace (``<xml:foo/>`` is legal input) keep the predeclared ``xml:`` prefix, which may
+not be declared as a default namespace.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from xml.etree.ElementTree import Element
 
 from . import ns
 
-_TEXT = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
-_ATTR = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;"})
+_TEXT = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
+_ATTR = str.maketrans({
+    "&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;",
+    "\t": "&#9;", "\n": "&#10;", "\r": "&#13;",
+})
 _XML_PREFIX = "{%s}" % ns.XML
 _split_cache: dict[str, tuple[str, str]] = {}
 
@@ -61,13 +68,18 @@ def _write(el: Element, dns: str, out: list[str]) -> None:
     if not isinstance(tag, str):  # comment / PI nodes never come from our parser; skip
         return
     uri, local = _split(tag)
-    if uri == ns.STREAM:  # <stream:features/>, <stream:error/>: the prefix the stream header declares
+    if uri == dns:
+        out.append("<" + local)
+    elif uri == ns.STREAM and not out:
+        # a top-level <stream:features/>, <stream:error/>: the prefix the stream header declares.  Nested
+        # in a stanza such an element gets a declaration, so stored and framed stanzas stay self-contained.
         local = "stream:" + local
         out.append("<" + local)
-    else:
+    elif uri == ns.XML:  # <xml:foo/>: the xml namespace must not be declared as a default namespace
+        local = "xml:" + local
         out.append("<" + local)
-    if uri != dns and uri != ns.STREAM:
-        out.append(f" xmlns='{uri.translate(_ATTR)}'")
+    else:
+        out.append(f"<{local} xmlns='{uri.translate(_ATTR)}'")
         dns = uri
     if el.attrib:
         _attrs(el, out)
