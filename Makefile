@@ -17,6 +17,7 @@ run: $(STAMP)
 	$(VENV)/bin/rookery serve $(if $(CONFIG),--config $(CONFIG))
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench fuzz
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
