@@ -43,6 +43,8 @@ class C2SConfig(_Section):
     allow_plaintext_auth: bool = False
     max_stanza_size: int = Field(262144, ge=1024)
     max_depth: int = Field(32, ge=4)
+    max_bytes_per_second: int = Field(65536, ge=0)
+    burst_bytes: int = Field(524288, ge=0)
     auth_failure_delay: float = Field(1.0, ge=0)
     keepalive_interval: float = Field(300.0, ge=0)
     handshake_timeout: float = Field(60.0, gt=0)

@@ -14,7 +14,7 @@ from .module import Module
 from .modules import load_module_class
 from .routing.router import Router
 from .streams.c2s import C2SStream
-from .transports.tcp import Flusher, StreamProtocol, listen
+from .transports.tcp import Flusher, RateLimit, StreamProtocol, listen
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,16 @@ class Server:
         flusher = Flusher()
         flusher.bind(asyncio.get_running_loop())
 
+        rate = cfg.c2s.max_bytes_per_second
+        limit = RateLimit(rate, max(cfg.c2s.burst_bytes, cfg.c2s.max_stanza_size)) if rate > 0 else None
+
+        def c2s_stream(t: StreamProtocol) -> C2SStream:
+            t.set_rate_limit(limit)
+            return C2SStream(self, t)
+
         def c2s_factory(ctx: Any, direct: bool) -> Any:
             def make() -> StreamProtocol:
-                return StreamProtocol(lambda t: C2SStream(self, t), ctx, direct, cb_data, flusher)
+                return StreamProtocol(c2s_stream, ctx, direct, cb_data, flusher)
             return make
 
         for spec in cfg.c2s.listen:

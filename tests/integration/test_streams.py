@@ -420,3 +420,23 @@ async def test_handler_exception_replies_internal_server_error_and_session_lives
     r = await c.iq("<iq type='get' id='after' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
     assert r.get("type") == "result"
     await c.close()
+
+
+async def test_read_rate_limit_slows_a_flooding_client_without_losing_stanzas(rookery_server_factory):
+    import time
+
+    server = rookery_server_factory(c2s={"max_bytes_per_second": 50000, "burst_bytes": 0,
+                                         "max_stanza_size": 20000})
+    jid, pw = server.make_user()
+    c = await RawClient().login(server.c2s_port, jid, pw, resource="r")
+    body = "y" * 900
+    n = 160  # ~160 KB: 20 KB of burst, then 50 KB/s => at least ~2.8 s
+    start = time.monotonic()
+    c.send("".join(f"<message to='{jid}/r' id='f{i}'><body>{body}</body></message>" for i in range(n)))
+    got = await c.collect_until(lambda g: sum(1 for e in g if e.tag.endswith("message")) >= n, timeout=20)
+    elapsed = time.monotonic() - start
+    assert [e.get("id") for e in got if e.tag.endswith("message")] == [f"f{i}" for i in range(n)]
+    assert elapsed >= 2.0, f"not throttled: {elapsed:.2f}s"
+    r = await c.iq("<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+    assert r.get("type") == "result"
+    await c.close()

@@ -17,6 +17,16 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+class RateLimit:
+    """Bytes per second a connection may send us, and how many it may send at once (``burst``)."""
+
+    __slots__ = ("rate", "burst")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+
+
 class Flusher:
     """Collects transports with pending output and writes them all once per loop turn.
 
@@ -51,7 +61,8 @@ class StreamProtocol(asyncio.Protocol):
     """Carries bytes between a socket and a stream state machine built by ``stream_factory``."""
 
     __slots__ = ("transport", "stream", "_out", "_factory", "is_secure", "ssl_context", "peer_ip",
-                 "is_loopback", "cb_data", "_closing", "_upgrading", "_flusher", "_held")
+                 "is_loopback", "cb_data", "_closing", "_upgrading", "_flusher", "_held", "_limit",
+                 "_tokens", "_stamp", "_throttled", "_backlog")
 
     def __init__(self, stream_factory: Callable[[StreamProtocol], Any], ssl_context: ssl.SSLContext | None,
                  direct_tls: bool, cb_data: bytes | None, flusher: Flusher) -> None:
@@ -66,6 +77,11 @@ class StreamProtocol(asyncio.Protocol):
         self._closing = False
         self._upgrading = False
         self._held: list[bytes] = []
+        self._limit: RateLimit | None = None
+        self._tokens = 0.0
+        self._stamp = 0.0
+        self._throttled = False
+        self._backlog = bytearray()
         self.peer_ip = ""
         self.is_loopback = False
 
@@ -81,7 +97,60 @@ class StreamProtocol(asyncio.Protocol):
                 self.is_loopback = False
         self.stream = self._factory(self)
 
+    def set_rate_limit(self, limit: RateLimit | None) -> None:
+        self._limit = limit
+        if limit is not None:
+            self._tokens = float(limit.burst)
+            self._stamp = asyncio.get_running_loop().time()
+
+    def _drain_backlog(self) -> None:
+        """Token bucket on received bytes: what is over the rate waits in the backlog and reading
+        stops until it has been fed to the stream (the peer is slowed down by TCP flow control, not
+        disconnected; like Prosody's mod_limits)."""
+        limit = self._limit
+        assert limit is not None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._tokens = min(float(limit.burst), self._tokens + (now - self._stamp) * limit.rate)
+        self._stamp = now
+        backlog = self._backlog
+        n = min(len(backlog), int(self._tokens))
+        if n > 0:
+            chunk = bytes(backlog[:n])
+            del backlog[:n]
+            self._tokens -= n
+            self._deliver(chunk)
+        if backlog and not self._closing:
+            if not self._throttled:
+                self._throttled = True
+                if self.transport is not None:
+                    self.transport.pause_reading()
+            wait = (min(len(backlog), limit.burst) - self._tokens) / limit.rate
+            loop.call_later(max(wait, 0.005), self._drain_backlog)
+        elif self._throttled:
+            self._throttled = False
+            if not self._closing and self.transport is not None:
+                self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
+        limit = self._limit
+        if limit is not None:
+            if not self._backlog:  # fast path: under the rate, no copy
+                now = asyncio.get_running_loop().time()
+                tokens = min(float(limit.burst), self._tokens + (now - self._stamp) * limit.rate)
+                self._stamp = now
+                if tokens >= len(data):
+                    self._tokens = tokens - len(data)
+                    self._deliver(data)
+                    return
+                self._tokens = tokens
+            self._backlog += data
+            if not self._throttled:
+                self._drain_backlog()
+            return
+        self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
         if self._upgrading:
             # decrypted bytes can arrive with the end of the handshake, before start_tls() returns
             self._held.append(data)
@@ -130,7 +199,7 @@ class StreamProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self._closing:
+        if self.transport is not None and not self._closing and not self._throttled:
             self.transport.resume_reading()
 
     async def start_tls(self) -> None:
@@ -150,7 +219,7 @@ class StreamProtocol(asyncio.Protocol):
         self.is_secure = True
         held, self._held = self._held, []
         for data in held:
-            self.data_received(data)
+            self._deliver(data)
 
     def tls_info(self) -> dict[str, str | None]:
         if self.transport is None:
