@@ -51,7 +51,7 @@ class ControlServer:
             op = req.get("op")
             if op == "user-deleted":
                 await self.server.user_deleted(str(req["host"]), str(req["user"]))
-                resp = {"ok": True}
+                resp: dict[str, object] = {"ok": True}
             elif op == "status":
                 resp = {"ok": True, "sessions": self.server.router.sessions.count()}
             else:
