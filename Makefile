@@ -18,10 +18,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench fuzz
+	$(VENV)/bin/mypy src/rookery
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench fuzz
+	$(VENV)/bin/mypy src/rookery
 
 bench: $(STAMP)
 	bash bench/run.sh
