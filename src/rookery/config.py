@@ -46,6 +46,8 @@ class C2SConfig(_Section):
     max_bytes_per_second: int = Field(65536, ge=0)
     burst_bytes: int = Field(524288, ge=0)
     auth_failure_delay: float = Field(1.0, ge=0)
+    max_auth_failures_per_ip: int = Field(20, ge=0)
+    auth_failure_window: float = Field(300.0, gt=0)
     keepalive_interval: float = Field(300.0, ge=0)
     handshake_timeout: float = Field(60.0, gt=0)
 

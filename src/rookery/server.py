@@ -13,6 +13,7 @@ from .control import SOCKET_NAME, ControlServer
 from .module import Module
 from .modules import load_module_class
 from .routing.router import Router
+from .streams.auth_limits import AuthFailureLimiter
 from .streams.c2s import C2SStream
 from .transports.tcp import Flusher, RateLimit, StreamProtocol, listen
 
@@ -34,6 +35,7 @@ class Server:
         self._keepalive: asyncio.TimerHandle | None = None
         self._control: ControlServer | None = None
         self.stopped = asyncio.Event()
+        self.auth_limiter = AuthFailureLimiter(config.c2s.max_auth_failures_per_ip, config.c2s.auth_failure_window)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:

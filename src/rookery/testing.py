@@ -48,8 +48,9 @@ class RunningServer:
         base = {
             "domains": ["localhost"],
             "data_dir": str(data_dir),
+            # tests log in wrongly on purpose, all from 127.0.0.1: the per-IP limit is set out of reach
             "c2s": {"listen": ["127.0.0.1:0"], "direct_tls_listen": ["127.0.0.1:0"],
-                    "auth_failure_delay": 0.1, "keepalive_interval": 0},
+                    "auth_failure_delay": 0.1, "keepalive_interval": 0, "max_auth_failures_per_ip": 10000},
         }
         self.config = Config.model_validate(_merge(base, settings))
         self.data_dir = data_dir

@@ -440,3 +440,18 @@ async def test_read_rate_limit_slows_a_flooding_client_without_losing_stanzas(ro
     r = await c.iq("<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
     assert r.get("type") == "result"
     await c.close()
+
+
+async def test_too_many_failed_logins_from_one_address_give_temporary_auth_failure(rookery_server_factory):
+    server = rookery_server_factory(c2s={"max_auth_failures_per_ip": 3, "auth_failure_delay": 0})
+    jid, pw = server.make_user()
+    user = jid.split("@")[0]
+    for _ in range(3):
+        c = await _secure_stream(server)
+        el = await c.auth_plain(user, "wrong")
+        assert el.find("{%s}not-authorized" % SASL) is not None
+        await c.close()
+    c = await _secure_stream(server)
+    el = await c.auth_plain(user, pw)  # even the right password: the address is blocked for a while
+    assert el.find("{%s}temporary-auth-failure" % SASL) is not None
+    await c.close()

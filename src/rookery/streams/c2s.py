@@ -340,6 +340,7 @@ class C2SStream:
             self.transport.write(data)
             return None
         self._auth_failures += 1
+        self.server.auth_limiter.failed(self.transport.peer_ip)
         return self._delayed_failure(data)
 
     async def _delayed_failure(self, data: bytes) -> None:
@@ -359,6 +360,8 @@ class C2SStream:
             return self._sasl_failure("encryption-required", "use STARTTLS first")
         text = (el.text or "").strip()
         if local == "auth":
+            if self.server.auth_limiter.blocked(self.transport.peer_ip):
+                return self._sasl_failure("temporary-auth-failure", "too many failed logins from your address; try later")
             mech = el.get("mechanism", "")
             if mech not in self.mechanisms():
                 return self._sasl_failure("invalid-mechanism")

@@ -7,6 +7,7 @@ Plaintext is accepted only where PLAIN would be (TLS, or the loopback test switc
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 from xml.etree.ElementTree import Element, SubElement
@@ -63,9 +64,12 @@ class LegacyAuth:
         except InvalidJID:
             s._iq_error(el, "jid-malformed")
             return
+        limiter = s.server.auth_limiter
+        if limiter.blocked(s.transport.peer_ip):
+            s._iq_error(el, "resource-constraint", "too many failed logins from your address; try later")
+            return
         if not await s.check_password(user, password):
-            import asyncio
-
+            limiter.failed(s.transport.peer_ip)
             await asyncio.sleep(s.cfg.auth_failure_delay)
             s._iq_error(el, "not-authorized")
             return
