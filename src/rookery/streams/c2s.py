@@ -9,6 +9,7 @@ reading pauses and later stanzas wait, so a client's stanzas take effect in the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import secrets
 from collections import deque
@@ -309,8 +310,8 @@ class C2SStream:
             self.transport.close()
             return None
         self.transport.write(f"<proceed xmlns='{ns.TLS}'/>".encode())
-        # the next bytes after the handshake are a new stream: with TLS 1.3 they can arrive together
-        # with the handshake's end, before start_tls() returns, so the new parser must be ready now
+        # RFC 6120 §5.4.3.3: what follows the handshake is a new stream.  (Bytes decrypted before
+        # start_tls() returns are held by the transport and fed after it.)
         self._restart()
         # not through the pause/drain queue: loop.start_tls takes the raw transport over itself
         self.server.router.spawn(self._do_starttls())
@@ -392,8 +393,6 @@ class C2SStream:
         ex = self._sasl
         assert ex is not None
         try:
-            import base64
-
             client_first = base64.b64decode(text, validate=True).decode("utf-8")
             authzid = client_first.split(",", 2)[1] if client_first.count(",") >= 2 else ""
             user = sasl.parse_scram_username(client_first)
