@@ -52,8 +52,7 @@ class Server:
         direct_ctx = tls.server_context(cert, key, cfg.tls.min_version, alpn=["xmpp-client"])
         cb_data = tls.tls_server_end_point(cert)
         await self._load_modules()
-        flusher = Flusher()
-        flusher.bind(asyncio.get_running_loop())
+        flusher = Flusher(asyncio.get_running_loop())
 
         rate = cfg.c2s.max_bytes_per_second
         limit = RateLimit(rate, max(cfg.c2s.burst_bytes, cfg.c2s.max_stanza_size)) if rate > 0 else None

@@ -34,21 +34,16 @@ class Flusher:
 
     __slots__ = ("_dirty", "_scheduled", "_loop")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._dirty: list[StreamProtocol] = []
         self._scheduled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = loop
 
     def add(self, proto: StreamProtocol) -> None:
         self._dirty.append(proto)
         if not self._scheduled:
             self._scheduled = True
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
             self._loop.call_soon(self._flush)
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -103,16 +98,18 @@ class StreamProtocol(asyncio.Protocol):
             self._tokens = float(limit.burst)
             self._stamp = asyncio.get_running_loop().time()
 
+    def _refill(self, limit: RateLimit) -> None:
+        now = asyncio.get_running_loop().time()
+        self._tokens = min(float(limit.burst), self._tokens + (now - self._stamp) * limit.rate)
+        self._stamp = now
+
     def _drain_backlog(self) -> None:
         """Token bucket on received bytes: what is over the rate waits in the backlog and reading
         stops until it has been fed to the stream (the peer is slowed down by TCP flow control, not
         disconnected; like Prosody's mod_limits)."""
         limit = self._limit
         assert limit is not None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        self._tokens = min(float(limit.burst), self._tokens + (now - self._stamp) * limit.rate)
-        self._stamp = now
+        self._refill(limit)
         backlog = self._backlog
         n = min(len(backlog), int(self._tokens))
         if n > 0:
@@ -126,7 +123,7 @@ class StreamProtocol(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.pause_reading()
             wait = (min(len(backlog), limit.burst) - self._tokens) / limit.rate
-            loop.call_later(max(wait, 0.005), self._drain_backlog)
+            asyncio.get_running_loop().call_later(max(wait, 0.005), self._drain_backlog)
         elif self._throttled:
             self._throttled = False
             if not self._closing and self.transport is not None:
@@ -136,14 +133,11 @@ class StreamProtocol(asyncio.Protocol):
         limit = self._limit
         if limit is not None:
             if not self._backlog:  # fast path: under the rate, no copy
-                now = asyncio.get_running_loop().time()
-                tokens = min(float(limit.burst), self._tokens + (now - self._stamp) * limit.rate)
-                self._stamp = now
-                if tokens >= len(data):
-                    self._tokens = tokens - len(data)
+                self._refill(limit)
+                if self._tokens >= len(data):
+                    self._tokens -= len(data)
                     self._deliver(data)
                     return
-                self._tokens = tokens
             self._backlog += data
             if not self._throttled:
                 self._drain_backlog()
