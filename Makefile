@@ -16,14 +16,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/rookery serve $(if $(CONFIG),--config $(CONFIG))
 
+STRICT := src/rookery/xml src/rookery/jid.py src/rookery/streams src/rookery/routing src/rookery/module.py
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench fuzz
 	$(VENV)/bin/mypy src/rookery
+	$(VENV)/bin/mypy --strict $(STRICT)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench fuzz
 	$(VENV)/bin/mypy src/rookery
+	$(VENV)/bin/mypy --strict $(STRICT)
 
 bench: $(STAMP)
 	bash bench/run.sh

@@ -95,7 +95,7 @@ async def _with_storage(cfg: Config, fn: Any) -> Any:
     from .storage.sql import make_storage
 
     _check_paths(cfg)
-    st = make_storage(cfg.storage, str(cfg.data_path()), offline_limit=cfg.offline.max_messages)
+    st = make_storage(cfg.storage, str(cfg.data_path()), offline_limit=cfg.offline_limit)
     try:
         await st.open()
     except (OSError, SQLAlchemyError) as e:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -86,11 +86,27 @@ class VersionConfig(_Section):
     show_os: bool = False
 
 
+#: sections of the first release that hold a module's options ([modules.<name>] works as well)
+LEGACY_MODULE_SECTIONS = ("offline", "version")
+
+
+class VHostConfig(_Section):
+    """Per-domain settings: ``[vhosts."example.org"]``."""
+
+    #: modules enabled on this domain (default: the global list)
+    modules: list[str] | None = None
+    #: module options for this domain, over the global ones: ``[vhosts."D".options.<module>]``
+    options: dict[str, dict[str, Any]] = {}
+
+
 class Config(_Section):
     domains: list[str] = ["localhost"]
     data_dir: str = "rookery-data"
     storage: str = "sqlite"
     modules: list[str] = list(DEFAULT_MODULES)
+    #: ``[modules.<name>]`` tables (the TOML ``[modules]`` table form: ``enabled`` + one table per module)
+    module_options: dict[str, dict[str, Any]] = {}
+    vhosts: dict[str, VHostConfig] = {}
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     c2s: C2SConfig = C2SConfig()
     s2s: S2SConfig = S2SConfig()
@@ -98,6 +114,22 @@ class Config(_Section):
     tls: TLSConfig = TLSConfig()
     offline: OfflineConfig = OfflineConfig()
     version: VersionConfig = VersionConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _modules_table(cls, data: Any) -> Any:
+        """``modules`` is a list (the enabled modules) or a table: ``enabled = [...]`` and
+        ``[modules.<name>]`` option tables."""
+        if isinstance(data, dict) and isinstance(data.get("modules"), dict):
+            data = dict(data)
+            table = dict(data.pop("modules"))
+            if "enabled" in table:
+                data["modules"] = table.pop("enabled")
+            for name, opts in table.items():
+                if not isinstance(opts, dict):
+                    raise ValueError(f"modules.{name}: expected a table of options for module {name!r}")
+            data["module_options"] = {**data.get("module_options", {}), **table}
+        return data
 
     @field_validator("domains")
     @classmethod
@@ -126,9 +158,68 @@ class Config(_Section):
 
         known = available_modules()
         for m in v:
-            if m not in known:
+            if m not in known and ":" not in m:
                 raise ValueError(f"unknown module {m!r} (available: {', '.join(sorted(known))})")
         return v
+
+    @model_validator(mode="after")
+    def _module_settings(self) -> Config:
+        """Module options and virtual hosts name known modules and served domains; option values are
+        checked against each module's typed ``Options``."""
+        from .modules import ModuleLoadError, load_module_class
+
+        def check_options(where: str, name: str, opts: dict[str, Any]) -> None:
+            try:
+                cls = load_module_class(name)
+            except ModuleLoadError as e:
+                raise ValueError(f"{where}: {e}") from None
+            try:
+                cls.Options.model_validate(opts)
+            except ValidationError as e:
+                err = e.errors()[0]
+                key = ".".join(str(p) for p in err["loc"])
+                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+                raise ValueError(f"{where}{'.' + key if key else ''}: {msg}") from None
+
+        for m in self.modules:
+            if ":" in m:
+                try:
+                    load_module_class(m)
+                except ModuleLoadError as e:
+                    raise ValueError(f"modules: {e}") from None
+        for name in self.module_options:
+            check_options(f"modules.{name}", name, self.options_of(name))
+        for domain, vh in self.vhosts.items():
+            if domain not in self.domains:
+                raise ValueError(f"vhosts.{domain}: not one of the served domains")
+            for m in vh.modules or []:
+                try:
+                    load_module_class(m)
+                except ModuleLoadError as e:
+                    raise ValueError(f"vhosts.{domain}.modules: {e}") from None
+            for name, opts in vh.options.items():
+                check_options(f"vhosts.{domain}.options.{name}", name, {**self.options_of(name), **opts})
+        return self
+
+    def options_of(self, module: str, host: str | None = None) -> dict[str, Any]:
+        """The raw options of ``module`` (legacy section, then ``[modules.<name>]``, then the vhost's)."""
+        out: dict[str, Any] = {}
+        if module in LEGACY_MODULE_SECTIONS:
+            section: BaseModel = getattr(self, module)
+            out.update(section.model_dump(exclude_unset=True))
+        out.update(self.module_options.get(module, {}))
+        if host is not None and host in self.vhosts:
+            out.update(self.vhosts[host].options.get(module, {}))
+        return out
+
+    @property
+    def offline_limit(self) -> int:
+        """Most offline messages kept per user (``[modules.offline]`` or ``[offline]`` max_messages)."""
+        return int(self.options_of("offline").get("max_messages", self.offline.max_messages))
+
+    def modules_for(self, host: str) -> list[str]:
+        vh = self.vhosts.get(host)
+        return list(vh.modules) if vh is not None and vh.modules is not None else list(self.modules)
 
     def data_path(self, *parts: str) -> Path:
         return Path(self.data_dir).joinpath(*parts)
@@ -151,8 +242,9 @@ def load_config(path: str | None) -> Config:
         return Config.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         where = path or "defaults"
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise ConfigError(f"{where}: {key}: {msg}{more}") from None
+        # whole-config checks name their key at the start of the message
+        raise ConfigError(f"{where}: {key + ': ' if key else ''}{msg}{more}") from None

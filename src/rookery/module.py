@@ -1,55 +1,258 @@
-"""The module API (DESIGN.md "Modules"): every feature is a ``Module`` that registers handlers.
+"""The module API, version 2 (docs/modules.md): every feature is a ``Module`` that registers handlers
+through a typed ``ModuleContext`` — never the ``Server``.
 
-Handlers are found by one dict lookup, never by scanning modules:
+Declare handlers with decorators; the module manager registers them when the module starts and
+removes them (through their ``Handle``s) when it stops, so a module can be stopped and started again
+at run time.  Handlers are found by one dict lookup, never by scanning modules:
 
-* ``@iq_handler(type, namespace, name, to=...)`` — iq get/set whose payload is ``{namespace}name``,
-  addressed to the server (``to="host"``), to an account's bare JID (``"bare"``, also used for iqs a
-  client sends with no ``to``: they are addressed to its own account, RFC 6120 §10.3.3), or to a full
-  JID (``"full"``).  The handler gets a ``Stanza`` and returns the reply ``Element`` (or ``None`` if it
-  replied itself), raises ``StanzaError``, or is ``async`` and does the same.  An uncaught exception
-  replies ``<internal-server-error/>`` and is logged; the session lives on.
-* ``@hook(event, priority=0)`` — stanza events ``"<kind>/<target>"`` (``message/bare``,
-  ``presence/full``, ``iq/host``...) for stanzas delivered to a local entity, and ``"pre-<kind>"`` for
-  stanzas a local client sends, before routing.  Higher priority runs first; returning ``True`` (or a
-  coroutine, which is then awaited) means handled, stop.  Other events (``session-bound``,
-  ``session-ended``, ``user-deleted``, ``stream-features``...) get their own arguments; their return
-  value is ignored (coroutines are awaited).
+* ``@iq_handler(type, namespace, name, to=..., on="account")`` — iq get/set whose payload is
+  ``{namespace}name``, addressed to a served domain (``to="host"``), to an account's bare JID
+  (``"bare"``, also used for iqs a client sends with no ``to``: RFC 6120 §10.3.3) or to a full JID
+  (``"full"``).  ``on="service"`` registers it on the module's own service subdomains instead (see
+  ``Module.subdomain``).  The handler gets a ``Stanza`` and returns the reply ``Element`` (or
+  ``None`` if it replied itself), raises ``StanzaError``, or is ``async`` and does the same: the
+  router awaits the coroutine and treats its result exactly like a plain return value.  An uncaught
+  exception replies ``<internal-server-error/>`` and is logged; the session lives on.
+* ``@hook(event, priority=0, on="account")`` — stanza chains ``"<kind>/<target>"`` (``message/bare``,
+  ``presence/full`` …) for stanzas to a local entity, ``"pre-<kind>"`` for stanzas a local client
+  sends, before routing, and ``"iq-result/<target>"``/``"iq-error/<target>"``.  Higher priority runs
+  first; returning ``True`` (or a coroutine whose result is true) means handled, stop.  Any other
+  event name is a server-wide event (``session-bound``, ``session-ended``, ``initial-presence``,
+  ``message-delivered``, ``user-deleted`` …) whose handlers get the event's own arguments; their
+  return value is ignored (coroutines are awaited).
+* ``@fold(event, priority=0)`` — a fold event: each handler gets ``(value, *args)`` and returns the
+  new value (``stream-features``, ``delivery-failed``, ``disco-items``, ``disco-forms`` …).
+* ``@stream_filter(priority=0)`` — ``fn(session, element) -> element | None`` on every element sent to
+  every session (the outbound filter chain of ``Session.send``); None drops it.
+* ``@element_handler(qualified_name)`` — a top-level non-stanza element of a c2s stream, before or
+  after binding (XEP-0198 ``{urn:xmpp:sm:3}enable`` …): ``fn(stream, element)``.
 
-Disco features and identities are declared on the class and collected by the disco module.
+Modules talk to each other through events or declared services (``provides`` / ``ctx.service(name)``),
+never by reaching into each other.  Disco features and identities are declared on the class and
+collected per domain by the module manager (``ctx.catalog``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, Protocol, TypeVar
+from xml.etree.ElementTree import Element
 
-if TYPE_CHECKING:
-    from .server import Server
+from pydantic import BaseModel, ConfigDict
+
+from .jid import JID
+from .routing.hooks import Handle
+from .routing.registry import SessionRef, SessionRegistry
+from .stanza import Stanza
+from .storage.base import Storage
 
 IQ_TARGETS = ("host", "bare", "full")
+ON = ("account", "service")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def iq_handler(type: str, namespace: str, name: str, to: str = "host") -> Callable[[Callable], Callable]:
+def is_stanza_event(event: str) -> bool:
+    """Stanza chains live in a domain's handler table; other events on the server-wide bus."""
+    return "/" in event or event.startswith("pre-")
+
+
+def iq_handler(type: str, namespace: str, name: str, to: str = "host", on: str = "account") -> Callable[[F], F]:
     """Register a method for iq ``type`` ("get"/"set") with payload ``{namespace}name`` sent ``to``."""
-    if type not in ("get", "set") or to not in IQ_TARGETS:
-        raise ValueError("iq_handler(type in get/set, ..., to in host/bare/full)")
+    if type not in ("get", "set") or to not in IQ_TARGETS or on not in ON:
+        raise ValueError("iq_handler(type in get/set, ..., to in host/bare/full, on in account/service)")
 
-    def deco(fn: Callable) -> Callable:
-        fn.__dict__.setdefault("_rookery_iq", []).append((type, namespace, name, to))
+    def deco(fn: F) -> F:
+        fn.__dict__.setdefault("_rookery_iq", []).append((type, namespace, name, to, on))
         return fn
 
     return deco
 
 
-def hook(event: str, priority: int = 0) -> Callable[[Callable], Callable]:
-    """Register a method for ``event`` (see module docstring)."""
+def hook(event: str, priority: int = 0, on: str = "account") -> Callable[[F], F]:
+    """Register a method for ``event`` (see the module docstring)."""
+    if on not in ON:
+        raise ValueError("hook(..., on in account/service)")
 
-    def deco(fn: Callable) -> Callable:
-        fn.__dict__.setdefault("_rookery_hooks", []).append((event, priority))
+    def deco(fn: F) -> F:
+        fn.__dict__.setdefault("_rookery_hooks", []).append((event, priority, on))
         return fn
 
     return deco
+
+
+def fold(event: str, priority: int = 0) -> Callable[[F], F]:
+    """Register a method for the fold event ``event``: ``fn(value, *args) -> value``."""
+    if is_stanza_event(event):
+        raise ValueError(f"{event} is a stanza chain, not a fold event")
+    return hook(event, priority)
+
+
+def stream_filter(priority: int = 0) -> Callable[[F], F]:
+    """Register a method as an outbound filter: ``fn(session, element) -> element | None``."""
+
+    def deco(fn: F) -> F:
+        fn.__dict__["_rookery_filter"] = priority
+        return fn
+
+    return deco
+
+
+def element_handler(qualified_name: str) -> Callable[[F], F]:
+    """Register a method for a non-stanza top-level element ``{ns}name`` of c2s streams."""
+    if not qualified_name.startswith("{"):
+        raise ValueError("element_handler takes a qualified name: '{namespace}name'")
+
+    def deco(fn: F) -> F:
+        fn.__dict__.setdefault("_rookery_elements", []).append(qualified_name)
+        return fn
+
+    return deco
+
+
+class NoOptions(BaseModel):
+    """A module without options: ``[modules.<name>]`` must be empty."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Options(BaseModel):
+    """Base of a module's typed options (``[modules.<name>]``; unknown keys are refused)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class RouterAPI(Protocol):
+    """What modules use of the router."""
+
+    def send(self, el: Element) -> Awaitable[Any] | None:
+        """Route a server-generated stanza (``from``/``to`` set); await the result to wait for it."""
+        ...
+
+    def route(self, st: Stanza) -> Awaitable[Any] | None: ...
+
+    def reply(self, st: Stanza, el: Element) -> None:
+        """Send ``el`` back to where ``st`` came from."""
+        ...
+
+    def deliver_message(self, st: Stanza) -> Awaitable[Any] | None:
+        """RFC 6121 §8.5 delivery of a message to a local account (offline storage, errors)."""
+        ...
+
+
+class Catalog(Protocol):
+    """What the enabled modules declare, per served domain (for disco and caps)."""
+
+    def identities(self, host: str) -> list[tuple[str, str, str | None]]: ...
+
+    def features(self, host: str) -> list[str]: ...
+
+    def account_features(self, host: str) -> list[str]: ...
+
+    def services(self, host: str) -> list[tuple[str, str]]:
+        """(service domain, module name) of the internal services under ``host``."""
+        ...
+
+
+class Stores(Protocol):
+    def open_store(self, owner: str, name: str, kind: str) -> Any: ...
+
+
+class ModuleContext:
+    """Everything a module may use; made by the module manager, one per module."""
+
+    def __init__(self, name: str, *, router: RouterAPI, sessions: SessionRegistry, storage: Storage,
+                 stores: Stores, options: BaseModel, host_options: dict[str, BaseModel], hosts: list[str],
+                 catalog: Catalog, registrar: Registrar, services: dict[str, Any], started_at: float) -> None:
+        self.name = name
+        self.router = router
+        self.sessions = sessions
+        self.storage = storage
+        self.options = options
+        self.hosts = hosts
+        self.catalog = catalog
+        self.started_at = started_at
+        self.log = logging.getLogger(f"rookery.modules.{name}")
+        self._stores = stores
+        self._host_options = host_options
+        self._registrar = registrar
+        self._services = services
+        self.handles: list[Handle] = []
+
+    # -- configuration -----------------------------------------------------------------------
+    def enabled_for(self, host: str) -> bool:
+        return host in self.hosts
+
+    def options_for(self, host: str) -> Any:
+        """The options for one domain (``[vhosts."D".options.<name>]`` over ``[modules.<name>]``)."""
+        return self._host_options.get(host, self.options)
+
+    # -- storage -----------------------------------------------------------------------------
+    def open_store(self, name: str, kind: str = "keyval") -> Any:
+        """This module's own store ``name``: ``kind`` "keyval" (one document per user), "map" (keys per
+        user) or "archive" (time-ordered items per user).  SQL-backed, kept apart from other modules'."""
+        return self._stores.open_store(self.name, name, kind)
+
+    # -- registration (each returns a Handle; all are removed when the module stops) --------
+    def _keep(self, h: Handle) -> Handle:
+        self.handles.append(h)
+        return h
+
+    def iq(self, type: str, namespace: str, name: str, fn: Callable[..., Any], to: str = "host",
+           on: str = "account") -> Handle:
+        return self._keep(self._registrar.iq(self, (type, namespace, name, to), fn, on))
+
+    def hook(self, event: str, fn: Callable[..., Any], priority: int = 0, on: str = "account") -> Handle:
+        return self._keep(self._registrar.hook(self, event, fn, priority, on))
+
+    def filter(self, fn: Callable[..., Any], priority: int = 0) -> Handle:
+        return self._keep(self._registrar.filter(fn, priority))
+
+    def element(self, qualified_name: str, fn: Callable[..., Any]) -> Handle:
+        return self._keep(self._registrar.element(qualified_name, fn))
+
+    def fire(self, event: str, *args: Any) -> Awaitable[None] | None:
+        """Fire a server-wide event (an awaitable when some handler was async)."""
+        return self._registrar.fire(event, *args)
+
+    def fold(self, event: str, value: Any, *args: Any) -> Any:
+        """Fold ``value`` through a fold event's handlers (an awaitable when some handler was async)."""
+        return self._registrar.fold(event, value, *args)
+
+    def spawn(self, aw: Awaitable[Any]) -> Any:
+        """Run in the background (failures are logged; waited for at shutdown)."""
+        return self._registrar.spawn(aw)
+
+    # -- services between modules ------------------------------------------------------------
+    def service(self, name: str) -> Any:
+        """The object a module declared with ``provides = [name]`` (KeyError when none is loaded)."""
+        return self._services[name]
+
+    def has_service(self, name: str) -> bool:
+        return name in self._services
+
+    # -- sessions ----------------------------------------------------------------------------
+    def session(self, jid: JID) -> SessionRef | None:
+        return self.sessions.get(jid)
+
+
+class Registrar(Protocol):
+    """The module manager's side of registration."""
+
+    def iq(self, ctx: ModuleContext, key: tuple[str, str, str, str], fn: Callable[..., Any], on: str) -> Handle: ...
+
+    def hook(self, ctx: ModuleContext, event: str, fn: Callable[..., Any], priority: int, on: str) -> Handle: ...
+
+    def filter(self, fn: Callable[..., Any], priority: int) -> Handle: ...
+
+    def element(self, qualified_name: str, fn: Callable[..., Any]) -> Handle: ...
+
+    def fire(self, event: str, *args: Any) -> Awaitable[None] | None: ...
+
+    def fold(self, event: str, value: Any, *args: Any) -> Any: ...
+
+    def spawn(self, aw: Awaitable[Any]) -> Any: ...
 
 
 class Module:
@@ -62,38 +265,59 @@ class Module:
     account_features: ClassVar[list[str]] = []
     #: disco#info identities of the server: (category, type, name)
     identities: ClassVar[list[tuple[str, str, str | None]]] = []
-    #: modules this one needs loaded first
+    #: modules this one needs loaded first (on the same domains)
     depends: ClassVar[list[str]] = []
+    #: services this module offers to others (``ctx.service(name)`` returns the module instance)
+    provides: ClassVar[list[str]] = []
+    #: typed options, read from ``[modules.<name>]``
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    #: an internal service on a subdomain of each enabled domain (e.g. "conference" for
+    #: ``conference.D``); its ``on="service"`` handlers go to that route's own handler table
+    subdomain: ClassVar[str | None] = None
+    #: disco identity of the service domain: (category, type, name)
+    service_identity: ClassVar[tuple[str, str, str | None] | None] = None
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.log = logging.getLogger(f"rookery.modules.{self.name}")
+    def __init__(self, ctx: ModuleContext) -> None:
+        self.ctx = ctx
+        self.log = ctx.log
+        self.options: Any = ctx.options
 
     @property
-    def storage(self) -> Any:
-        return self.server.storage
-
-    @property
-    def config(self) -> Any:
-        return self.server.config
+    def storage(self) -> Storage:
+        return self.ctx.storage
 
     async def start(self) -> None:
-        """Called once after every module is loaded and storage is open."""
+        """Called once the module's handlers are registered and storage is open."""
 
     async def stop(self) -> None:
-        """Called at shutdown, before storage closes."""
+        """Called when the module stops (at shutdown, or unloaded at run time), before its handlers
+        are removed."""
 
-    def handlers(self) -> tuple[list[tuple[tuple[str, str, str, str], Callable]], list[tuple[str, int, Callable]]]:
-        """(iq handlers, hooks) declared on this instance."""
-        iqs: list[tuple[tuple[str, str, str, str], Callable]] = []
-        hooks: list[tuple[str, int, Callable]] = []
+    def declared(self) -> Declared:
+        """Handlers declared with the decorators on this instance."""
+        d = Declared()
         for attr in dir(type(self)):
             fn = getattr(type(self), attr, None)
             if not callable(fn):
                 continue
             bound = getattr(self, attr)
-            for key in getattr(fn, "_rookery_iq", ()):
-                iqs.append((key, bound))
-            for event, prio in getattr(fn, "_rookery_hooks", ()):
-                hooks.append((event, prio, bound))
-        return iqs, hooks
+            for t, nsuri, name, to, on in getattr(fn, "_rookery_iq", ()):
+                d.iqs.append(((t, nsuri, name, to), on, bound))
+            for event, prio, on in getattr(fn, "_rookery_hooks", ()):
+                d.hooks.append((event, prio, on, bound))
+            prio = getattr(fn, "_rookery_filter", None)
+            if prio is not None:
+                d.filters.append((prio, bound))
+            for qn in getattr(fn, "_rookery_elements", ()):
+                d.elements.append((qn, bound))
+        return d
+
+
+class Declared:
+    __slots__ = ("iqs", "hooks", "filters", "elements")
+
+    def __init__(self) -> None:
+        self.iqs: list[tuple[tuple[str, str, str, str], str, Callable[..., Any]]] = []
+        self.hooks: list[tuple[str, int, str, Callable[..., Any]]] = []
+        self.filters: list[tuple[int, Callable[..., Any]]] = []
+        self.elements: list[tuple[str, Callable[..., Any]]] = []

@@ -1,20 +1,41 @@
-"""Server: wires hosts, listeners, router, storage and modules; ``start()`` / ``stop()``."""
+"""Server: wires domains, routes, listeners, the router, storage and modules; ``start()`` / ``stop()``.
+
+It is also the ``C2SHost`` of client streams (``streams.c2s``): it creates sessions at bind and
+registers them, ends them when their stream is gone (unless a module keeps them detached, XEP-0198),
+and hands their stanzas to the router.  See docs/architecture.md for the map of the seams.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from inspect import isawaitable
 from typing import Any
+from xml.etree.ElementTree import Element
 
 from . import tls
 from .config import Config
 from .control import SOCKET_NAME, ControlServer
-from .module import Module
-from .modules import load_module_class
+from .jid import JID
+from .module_manager import ModuleManager
+from .routing.hooks import EventBus, HandlerTable
+from .routing.registry import LocalSessionRegistry, SessionRef
 from .routing.router import Router
+from .routing.routes import RouteTable
+from .routing.tasks import Tasks
+from .stanza import Stanza
 from .streams.auth_limits import AuthFailureLimiter
-from .streams.c2s import C2SStream
+from .streams.bind import Bind
+from .streams.c2s import C2SStream, ElementHandler
+from .streams.legacy_auth import LegacyAuth
+from .streams.negotiator import Negotiator
+from .streams.sasl_auth import SASLAuth
+from .streams.session import Session
+from .streams.starttls import StartTLS
+from .streams.transport import StreamFramer
+from .streams.xmlstream import StreamLimits
 from .transports.tcp import Flusher, RateLimit, StreamProtocol, listen
 
 log = logging.getLogger(__name__)
@@ -23,12 +44,21 @@ log = logging.getLogger(__name__)
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.hosts: set[str] = set(config.domains)
-        self.router = Router(self)
-        self.modules: dict[str, Module] = {}
-        self.streams: set[Any] = set()
-        self.storage: Any = None
         self.started_at = time.time()
+        self.tasks = Tasks()
+        self.events = EventBus()
+        self.routes = RouteTable()
+        self.sessions = LocalSessionRegistry(self.events.filters)
+        self.sessions.on_detached_close = self._close_detached
+        self.tables: dict[str, HandlerTable] = {}
+        for domain in config.domains:
+            self.tables[domain] = HandlerTable(domain)
+            self.routes.add_local(domain, self.tables[domain])
+        self.router = Router(self.sessions, self.routes, self.events, self.tasks, self._account_exists)
+        self.elements: dict[str, Callable[..., Any]] = {}
+        self.modules: ModuleManager | None = None
+        self.streams: set[C2SStream] = set()
+        self.storage: Any = None
         self.listeners: list[asyncio.AbstractServer] = []
         #: actually bound addresses per listener kind, e.g. {"c2s": [("127.0.0.1", 5222)]}
         self.addresses: dict[str, list[tuple[str, int]]] = {}
@@ -36,6 +66,9 @@ class Server:
         self._control: ControlServer | None = None
         self.stopped = asyncio.Event()
         self.auth_limiter = AuthFailureLimiter(config.c2s.max_auth_failures_per_ip, config.c2s.auth_failure_window)
+        self._framer = StreamFramer()
+        c = config.c2s
+        self._limits = StreamLimits(c.max_stanza_size, c.max_depth, c.handshake_timeout)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -44,14 +77,17 @@ class Server:
         cfg = self.config
         data_dir = cfg.data_path()
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = make_storage(cfg.storage, str(data_dir), offline_limit=cfg.offline.max_messages)
+        self.storage = make_storage(cfg.storage, str(data_dir), offline_limit=cfg.offline_limit)
         await self.storage.open()
         cert, key = tls.ensure_certificate(cfg.tls.cert, cfg.tls.key, data_dir, cfg.domains)
         self.cert_path = cert
         starttls_ctx = tls.server_context(cert, key, cfg.tls.min_version)
         direct_ctx = tls.server_context(cert, key, cfg.tls.min_version, alpn=["xmpp-client"])
         cb_data = tls.tls_server_end_point(cert)
-        await self._load_modules()
+        self.modules = ModuleManager(cfg, router=self.router, sessions=self.sessions, routes=self.routes,
+                                     events=self.events, tables=self.tables, elements=self.elements,
+                                     storage=self.storage, tasks=self.tasks, started_at=self.started_at)
+        await self.modules.load_all()
         flusher = Flusher(asyncio.get_running_loop())
 
         rate = cfg.c2s.max_bytes_per_second
@@ -59,7 +95,7 @@ class Server:
 
         def c2s_stream(t: StreamProtocol) -> C2SStream:
             t.set_rate_limit(limit)
-            return C2SStream(self, t)
+            return self.new_c2s_stream(t)
 
         def c2s_factory(ctx: Any, direct: bool) -> Any:
             def make() -> StreamProtocol:
@@ -82,6 +118,17 @@ class Server:
             self._schedule_keepalive()
         log.info("Rookery serving %s", ", ".join(cfg.domains))
 
+    def new_c2s_stream(self, transport: Any, framer: Any = None) -> C2SStream:
+        """A c2s stream on ``transport`` (any ``Transport``; the RFC 6120 framer unless given)."""
+        c = self.config.c2s
+        negotiators: list[Negotiator] = [StartTLS(), SASLAuth(self.storage.accounts, self.auth_limiter,
+                                                              c.auth_failure_delay)]
+        if c.legacy_auth:
+            negotiators.append(LegacyAuth(self.storage.accounts, self.auth_limiter, c.auth_failure_delay))
+        negotiators.append(Bind())
+        return C2SStream(self, transport, framer or self._framer, c, self._limits, negotiators,
+                         accept_pre_1_0=c.legacy_auth)
+
     async def _listen(self, kind: str, spec: str, factory: Any, ctx: Any) -> None:
         try:
             srv = await listen(spec, factory, ctx)
@@ -92,32 +139,6 @@ class Server:
             addr = sock.getsockname()
             self.addresses.setdefault(kind, []).append((addr[0], addr[1]))
             log.info("%s listening on %s:%s", kind, addr[0], addr[1])
-
-    async def _load_modules(self) -> None:
-        order: list[str] = []
-
-        def visit(name: str, stack: tuple[str, ...] = ()) -> None:
-            if name in order:
-                return
-            if name in stack:
-                raise ValueError(f"module dependency cycle: {' -> '.join(stack + (name,))}")
-            cls = load_module_class(name)
-            for dep in getattr(cls, "depends", []):
-                visit(dep, stack + (name,))
-            order.append(name)
-
-        for name in self.config.modules:
-            visit(name)
-        for name in order:
-            mod = load_module_class(name)(self)
-            self.modules[name] = mod
-            iqs, hooks = mod.handlers()
-            for key, fn in iqs:
-                self.router.add_iq_handler(key, fn)
-            for event, prio, fn in hooks:
-                self.router.add_hook(event, prio, fn)
-        for mod in self.modules.values():
-            await mod.start()
 
     def _schedule_keepalive(self) -> None:
         loop = asyncio.get_running_loop()
@@ -136,26 +157,100 @@ class Server:
             srv.close()
         for s in list(self.streams):
             s.close("system-shutdown", "the server is shutting down")
-        deadline = time.monotonic() + timeout
-        while self.router.tasks and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        for ref in self.sessions.all():  # detached sessions have no stream to close
+            self.sessions.close(ref)
+        await self.tasks.wait(timeout)
         await asyncio.sleep(0.05)  # let the transports flush their closing bytes
-        for mod in reversed(list(self.modules.values())):
-            try:
-                await mod.stop()
-            except Exception:
-                log.exception("module %s failed to stop", mod.name)
+        if self.modules is not None:
+            await self.modules.stop_all()
         if self._control is not None:
             await self._control.stop()
         if self.storage is not None:
             await self.storage.close()
         self.stopped.set()
 
+    # -- C2SHost: what client streams need -------------------------------------------------
+    def serves(self, domain: str) -> bool:
+        return self.routes.is_local(domain)
+
+    @property
+    def default_domain(self) -> str:
+        return self.config.domains[0]
+
+    def element_handler(self, tag: str) -> ElementHandler | None:
+        return self.elements.get(tag)
+
+    def stream_features(self, stream: C2SStream, features: Element) -> Awaitable[Any] | None:
+        """The ``stream-features`` fold: each module adds to ``features`` (may be async)."""
+        r = self.events.fold("stream-features", features, stream)
+        return r if isawaitable(r) else None
+
+    def bind(self, stream: C2SStream, username: str, resource: str) -> Session:
+        """RFC 6120 §7: a new session for ``username@domain/resource``, attached to ``stream``;
+        §7.7.2.2: a session that had this full JID is closed with ``<conflict/>``."""
+        jid = JID(username, stream.local_domain, resource, _norm=False)
+        auth = dict(stream.auth_info, ip=stream.transport.peer_ip, secure=stream.transport.is_secure)
+        session = Session(jid, self.events.filters, auth)
+        old = self.sessions.add(session)
+        if old is not None:
+            self.sessions.close(old, "conflict", "replaced by a new session")
+        session.attach(stream)
+        r = self.events.fire("session-bound", session)
+        if r is not None:
+            self.tasks.spawn(r)
+        return session
+
+    def route(self, st: Stanza) -> Awaitable[Any] | None:
+        return self.router.from_local(st)
+
+    def stream_started(self, stream: C2SStream) -> None:
+        self.streams.add(stream)
+
+    def stream_ended(self, stream: C2SStream, session: Session | None) -> None:
+        """A c2s stream is over.  Its session ends, unless a module keeps it detached
+        (the ``session-stream-lost`` fold returns True: XEP-0198 resumption)."""
+        self.streams.discard(stream)
+        if session is None:
+            return
+        keep = self.events.fold("session-stream-lost", False, session)
+        if keep is True:
+            session.detach()
+            return
+        self.end_session(session)
+
+    def spawn(self, coro: Awaitable[Any]) -> Any:
+        return self.tasks.spawn(coro)
+
+    # -- sessions ----------------------------------------------------------------------------
+    def end_session(self, session: Session) -> None:
+        """Unregister, tell modules (``session-ended``: presence broadcasts unavailable, RFC 6121
+        §4.5.3), and re-route what was queued for it while detached (RFC 6121 §8.5.3.2.1: messages
+        go to the account's other resources or offline storage; nothing acknowledged is lost)."""
+        if session.ended:
+            return
+        session.detach()
+        session.ended = True
+        self.sessions.remove(session)  # a no-op when a new session took its full JID (§7.7.2.2)
+        r = self.events.fire("session-ended", session)
+        if r is not None:
+            self.tasks.spawn(r)
+        for el in session.take_queue():
+            r = self.router.send(el)
+            if r is not None:
+                self.tasks.spawn(r)
+
+    def _close_detached(self, session: Any) -> None:
+        self.end_session(session)
+
+    async def _account_exists(self, host: str, user: str) -> bool:
+        return bool(await self.storage.accounts.exists(host, user))
+
     # -- account events ----------------------------------------------------------------------
     async def user_deleted(self, host: str, user: str) -> None:
         """An account is gone: disconnect its sessions, let modules forget it."""
-        for s in list(self.router.sessions.resources(f"{user}@{host}").values()):
-            s.close("not-authorized", "account deleted")
-        r = self.router.fire("user-deleted", host, user)
+        ref: SessionRef
+        for ref in list(self.sessions.resources(f"{user}@{host}").values()):
+            self.sessions.close(ref, "not-authorized", "account deleted")
+        r = self.events.fire("user-deleted", host, user)
         if r is not None:
             await r

@@ -76,15 +76,14 @@ def subscribe(server: RunningServer, owner: str, contact: str, subscription: str
 
 def initial_presence(server: RunningServer, full_jid: str, priority: int = 0) -> None:
     """Until the presence module exists, do what it will do after a session's initial presence."""
-    if "presence" in server.server.modules:
+    if "presence" in server.server.modules.modules:
         return
 
     async def fire() -> None:
-        session = server.server.router.sessions.get(JID.parse(full_jid))
+        session = server.server.sessions.get(JID.parse(full_jid))
         assert session is not None
-        session.available = True
-        session.priority = priority
-        r = server.server.router.fire("initial-presence", session)
+        server.server.sessions.update(session, available=True, priority=priority)
+        r = server.server.events.fire("initial-presence", session)
         if r is not None:
             await r
 
@@ -107,7 +106,7 @@ async def test_server_disco_info_lists_identity_and_every_module_feature(server)
         for var in (DISCO_INFO, DISCO_ITEMS, "urn:xmpp:ping", "jabber:iq:version", "urn:xmpp:time",
                     "jabber:iq:last", "vcard-temp", "jabber:iq:private", "msgoffline"):
             assert var in features, var
-        for mod in server.server.modules.values():
+        for mod in server.server.modules.modules.values():
             assert set(mod.features) <= features
     finally:
         await disconnect(c)
@@ -301,7 +300,7 @@ async def test_version_is_rookery_without_os_by_default(server):
 
 
 async def test_version_shows_os_when_configured(server, monkeypatch):
-    monkeypatch.setattr(server.server.config.version, "show_os", True)
+    monkeypatch.setattr(server.server.modules.modules["version"].options, "show_os", True)
     jid, pw = server.make_user()
     c = await raw_login(server, jid, pw)
     try:

@@ -406,11 +406,11 @@ async def test_handler_exception_replies_internal_server_error_and_session_lives
     def refuse(_st):
         raise StanzaError("not-allowed", "no")
 
-    router = rookery_server.server.router
+    table = rookery_server.server.tables[rookery_server.domain]
     for name, fn in (("boom", boom), ("boomasync", boom_async), ("refuse", refuse)):
         key = ("get", "urn:test:handlers", name, "host")
-        if key not in router.iq:
-            rookery_server.call_sync(router.add_iq_handler, key, fn)
+        if key not in table.iq:
+            rookery_server.call_sync(table.add_iq, key, fn)
     jid, pw = rookery_server.make_user()
     c = await RawClient().login(rookery_server.c2s_port, jid, pw)
     for i, (name, cond) in enumerate((("boom", "internal-server-error"), ("boomasync", "internal-server-error"),

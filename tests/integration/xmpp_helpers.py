@@ -34,6 +34,7 @@ class RawClient:
         self._depth = 0
         self._queue: list[Element] = []
         self.jid = ""
+        self.features: Element | None = None
 
     async def connect(self, port: int, host: str = "127.0.0.1", tls: bool = False) -> RawClient:
         self.reader, self.writer = await asyncio.open_connection(
@@ -116,28 +117,32 @@ class RawClient:
                 return child.tag.split("}")[1]
         raise AssertionError("stream error without condition")
 
-    async def starttls(self) -> Element:
+    async def starttls(self, to: str = "localhost") -> Element:
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
         el = await self.recv()
         assert el.tag == "{urn:ietf:params:xml:ns:xmpp-tls}proceed", el.tag
         await self.writer.start_tls(insecure_context(), server_hostname="localhost")
-        return await self.open_stream()
+        return await self.open_stream(to)
 
     async def auth_plain(self, user: str, password: str) -> Element:
         token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
         self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
         return await self.recv()
 
-    async def login(self, port: int, jid: str, password: str, resource: str = "raw", tls: bool = False) -> RawClient:
-        """Connect, STARTTLS (unless direct TLS), SASL PLAIN, bind: a ready session."""
+    async def authenticate(self, port: int, jid: str, password: str, tls: bool = False) -> Element:
+        """Connect, STARTTLS (unless direct TLS), SASL PLAIN; returns the features after SASL."""
+        user, _, domain = jid.partition("@")
         await self.connect(port, tls=tls)
-        await self.open_stream()
+        await self.open_stream(domain)
         if not tls:
-            await self.starttls()
-        user = jid.split("@")[0]
+            await self.starttls(domain)
         res = await self.auth_plain(user, password)
         assert res.tag.endswith("}success"), res.tag
-        await self.open_stream()
+        return await self.open_stream(domain)
+
+    async def login(self, port: int, jid: str, password: str, resource: str = "raw", tls: bool = False) -> RawClient:
+        """Connect, STARTTLS (unless direct TLS), SASL PLAIN, bind: a ready session."""
+        self.features = await self.authenticate(port, jid, password, tls)
         self.send(f"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
                   f"<resource>{resource}</resource></bind></iq>")
         r = await self.recv()

@@ -127,7 +127,11 @@ def test_unknown_nested_key(tmp_path, section):
         ("domains = [1]", "domains.0"),
         ("data_dir = 3", "data_dir"),
         ("c2s = 5", "c2s"),
-        ("modules = {}", "modules"),
+        ("modules = 5", "modules"),
+        ("modules = { enabled = 5 }", "modules"),
+        ("[modules.ping]\nnope = 1", "modules.ping.nope"),
+        ("[modules.offline]\nmax_messages = -1", "modules.offline.max_messages"),
+        ("[modules.nope]\nx = 1", "modules.nope"),
     ],
 )
 def test_bad_types_and_values_name_the_key(tmp_path, text, key):

@@ -3,9 +3,12 @@
 from types import SimpleNamespace
 from xml.etree.ElementTree import Element
 
-from rookery.module import Module
-from rookery.modules.caps import NODE, Caps, verification_string_of
-from rookery.modules.disco import Disco, data_form
+from rookery.config import Config
+from rookery.module import Module, fold
+from rookery.module_manager import ModuleManager
+from rookery.modules.caps import NODE, verification_string_of
+from rookery.modules.disco import data_form
+from rookery.server import Server
 from rookery.xml import ns
 
 Q = f"{{{ns.DISCO_INFO}}}"
@@ -17,18 +20,36 @@ class Weather(Module):
     account_features = ["urn:example:weather#account"]
     identities = [("pubsub", "pep", None), ("server", "im", "Duplicate")]
 
-    def disco_forms(self, host):
-        return [data_form("http://jabber.org/network/serverinfo", {"abuse-addresses": f"mailto:abuse@{host}"})]
+    @fold("disco-forms")
+    def forms(self, forms, host):
+        return forms + [data_form("http://jabber.org/network/serverinfo", {"abuse-addresses": f"mailto:abuse@{host}"})]
 
-    def disco_items(self, host):
-        return [(f"weather.{host}", "Weather")]
+    @fold("disco-items")
+    def items(self, items, host):
+        return items + [(f"weather.{host}", "Weather")]
+
+
+class Mods:
+    """The loaded modules of a server that is not started (no storage, no listeners)."""
+
+    def __init__(self, *extra, modules=("disco", "caps")):
+        cfg = Config(domains=["example.org"], modules=list(modules))
+        self.server = srv = Server(cfg)
+        self.manager = m = ModuleManager(cfg, router=srv.router, sessions=srv.sessions, routes=srv.routes,
+                                         events=srv.events, tables=srv.tables, elements=srv.elements,
+                                         storage=None, tasks=srv.tasks, started_at=0.0)
+        for name, hosts in m.plan():
+            m.load(name, hosts)
+        for cls in extra:
+            m.load(cls, ["example.org"])
+        srv.events.fire("modules-changed")
+
+    def __getitem__(self, name):
+        return self.manager.modules[name]
 
 
 def make_server():
-    srv = SimpleNamespace(modules={}, config=SimpleNamespace(domains=["example.org"]))
-    srv.modules["disco"] = Disco(srv)
-    srv.modules["weather"] = Weather(srv)
-    srv.modules["caps"] = Caps(srv)
+    srv = SimpleNamespace(modules=Mods(Weather))
     return srv
 
 
@@ -50,7 +71,7 @@ def test_info_collects_identities_features_and_forms():
 
 def test_account_info_has_account_identity_and_account_features():
     srv = make_server()
-    q = srv.modules["disco"].account_info_element()
+    q = srv.modules["disco"].account_info_element("example.org")
     assert [(i.get("category"), i.get("type")) for i in q.findall(Q + "identity")] == [("account", "registered")]
     features = {f.get("var") for f in q.findall(Q + "feature")}
     assert "urn:example:weather#account" in features and "urn:example:weather" not in features
@@ -69,7 +90,7 @@ def test_caps_ver_covers_the_forms_and_answers_its_node():
     ver = caps.ver("example.org")
     assert ver == verification_string_of(disco.info_element("example.org"))
     features = Element("features")
-    caps.stream_feature(SimpleNamespace(host="example.org"), features)
+    assert caps.stream_feature(features, SimpleNamespace(local_domain="example.org")) is features
     c = features.find(f"{{{ns.CAPS}}}c")
     assert (c.get("hash"), c.get("node"), c.get("ver")) == ("sha-1", NODE, ver)
     request = SimpleNamespace(to=SimpleNamespace(domain="example.org"))

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,9 +20,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 import rookery
-from rookery.storage.base import RosterItem, ScramCredential
+from rookery.storage import sql
+from rookery.storage.base import ArchiveItem, RosterItem, ScramCredential
 from rookery.storage.sql import SQLStorage, make_storage
 
 PG_URL = os.environ.get("ROOKERY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -291,6 +295,219 @@ async def test_concurrent_offline_pushes_never_overshoot_the_limit(store: SQLSto
     assert await store.offline.count(HOST, "juliet") == OFFLINE_LIMIT
 
 
+# -- archive ----------------------------------------------------------------------------------------
+
+MAM = "mam"
+ROMEO = "romeo@example.net"
+
+
+async def _fill(store: SQLStorage, n: int, *, user: str = "juliet", t0: float = 1000.0) -> list[str]:
+    """``n`` items at t0, t0+1, ...; value ``m{i}``, with ``ROMEO``; returns their ids in order."""
+    return [
+        await store.archive.append(MAM, HOST, user, f"m{i}", with_=ROMEO, when=t0 + i) for i in range(n)
+    ]
+
+
+async def test_archive_query_is_in_time_order_and_keeps_insertion_order_within_a_timestamp(
+    store: SQLStorage,
+) -> None:
+    late = await store.archive.append(MAM, HOST, "juliet", "<late/>", with_=ROMEO, when=2000.5)
+    tied = [await store.archive.append(MAM, HOST, "juliet", f"<t{i}/>", when=1500.0) for i in range(5)]
+    orchard = f"{ROMEO}/orchard"
+    early = await store.archive.append(MAM, HOST, "juliet", "<early/>", with_=orchard, when=1000.25)
+    items = await store.archive.query(MAM, HOST, "juliet")
+    assert items == [
+        ArchiveItem(id=early, when=1000.25, with_=orchard, value="<early/>"),
+        *(ArchiveItem(id=t, when=1500.0, with_=None, value=f"<t{i}/>") for i, t in enumerate(tied)),
+        ArchiveItem(id=late, when=2000.5, with_=ROMEO, value="<late/>"),
+    ]
+    assert await store.archive.query(MAM, HOST, "juliet", reverse=True) == items[::-1]
+    ids = [item.id for item in items]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{16}", i) for i in ids)
+
+
+async def test_archive_append_defaults_to_now(store: SQLStorage) -> None:
+    before = time.time()
+    item_id = await store.archive.append(MAM, HOST, "juliet", "<m/>")
+    after = time.time()
+    item = await store.archive.get(MAM, HOST, "juliet", item_id)
+    assert item is not None and before <= item.when <= after and item.with_ is None
+
+
+async def test_archive_with_matches_exactly_or_every_full_jid_of_a_bare_jid(store: SQLStorage) -> None:
+    peers = [
+        ROMEO,
+        f"{ROMEO}/orchard",
+        f"{ROMEO}/balcony/with/slashes",
+        "romeo@example.net.evil/x",  # a longer domain, not a resource of ROMEO
+        "romeo@example.netty",
+        "ro%eo@example.net",  # LIKE wildcards in a localpart must not act as wildcards
+        "ro_eo@example.net/r",
+        "example.net",
+        "example.net/service",
+        None,
+    ]
+    ids = {p: await store.archive.append(MAM, HOST, "juliet", str(p), with_=p) for p in peers}
+
+    async def values(with_: str) -> list[str]:
+        return [i.value for i in await store.archive.query(MAM, HOST, "juliet", with_=with_)]
+
+    assert await values(ROMEO) == [ROMEO, f"{ROMEO}/orchard", f"{ROMEO}/balcony/with/slashes"]
+    assert await values(f"{ROMEO}/orchard") == [f"{ROMEO}/orchard"]
+    assert await values(f"{ROMEO}/balcony/with/slashes") == [f"{ROMEO}/balcony/with/slashes"]
+    assert await values(f"{ROMEO}/balcony") == []
+    assert await values("romeo@example.net.evil") == ["romeo@example.net.evil/x"]
+    assert await values("ro%eo@example.net") == ["ro%eo@example.net"]
+    assert await values("ro_eo@example.net") == ["ro_eo@example.net/r"]
+    assert await values("roXeo@example.net") == []
+    assert await values("example.net") == ["example.net", "example.net/service"]
+    assert await values("nurse@example.com") == []
+    # Unfiltered, the item without a peer is there too.
+    assert len(await store.archive.query(MAM, HOST, "juliet")) == len(ids)
+
+
+async def test_archive_start_and_end_are_inclusive(store: SQLStorage) -> None:
+    await _fill(store, 6)  # when 1000 .. 1005
+
+    async def values(**kw: float) -> list[str]:
+        return [i.value for i in await store.archive.query(MAM, HOST, "juliet", **kw)]
+
+    assert await values(start=1002) == ["m2", "m3", "m4", "m5"]
+    assert await values(end=1002) == ["m0", "m1", "m2"]
+    assert await values(start=1001, end=1003) == ["m1", "m2", "m3"]
+    assert await values(start=1001.5, end=1002.5) == ["m2"]
+    assert await values(start=1003, end=1002) == []
+    assert await values(start=5000) == []
+
+
+async def test_archive_pages_forward_with_after_and_backward_with_before(store: SQLStorage) -> None:
+    ids = await _fill(store, 10)
+
+    # Forward, oldest first (XEP-0059 §2.2).
+    pages: list[list[str]] = []
+    after: str | None = None
+    while True:
+        page = await store.archive.query(MAM, HOST, "juliet", after=after, limit=3)
+        if not page:
+            break
+        pages.append([i.id for i in page])
+        after = page[-1].id
+    assert pages == [ids[0:3], ids[3:6], ids[6:9], ids[9:10]]
+
+    # The last page (§2.5), newest first, then backward with before (§2.3).
+    last = await store.archive.query(MAM, HOST, "juliet", limit=3, reverse=True)
+    assert [i.id for i in last] == [ids[9], ids[8], ids[7]]
+    pages = [[i.id for i in last]]
+    while True:
+        page = await store.archive.query(MAM, HOST, "juliet", before=pages[-1][-1], limit=3, reverse=True)
+        if not page:
+            break
+        pages.append([i.id for i in page])
+    assert pages == [ids[9:6:-1], ids[6:3:-1], ids[3:0:-1], ids[0:1]]
+
+    # before without reverse: the oldest items before it; after with reverse: the newest after it.
+    assert [i.id for i in await store.archive.query(MAM, HOST, "juliet", before=ids[5], limit=2)] == ids[0:2]
+    page = await store.archive.query(MAM, HOST, "juliet", after=ids[5], limit=2, reverse=True)
+    assert [i.id for i in page] == [ids[9], ids[8]]
+    # Both bounds: strictly between them.
+    page = await store.archive.query(MAM, HOST, "juliet", after=ids[2], before=ids[6])
+    assert [i.id for i in page] == ids[3:6]
+    assert await store.archive.query(MAM, HOST, "juliet", after=ids[9]) == []
+    assert await store.archive.query(MAM, HOST, "juliet", before=ids[0]) == []
+    assert await store.archive.query(MAM, HOST, "juliet", limit=0) == []
+
+
+async def test_archive_paging_combines_with_filters_and_ties_in_time(store: SQLStorage) -> None:
+    # Same timestamp for all: order (and so paging) falls back to insertion order.
+    ids = [
+        await store.archive.append(MAM, HOST, "juliet", f"m{i}", with_=ROMEO if i % 2 else None, when=1000.0)
+        for i in range(8)
+    ]
+    page = await store.archive.query(MAM, HOST, "juliet", after=ids[2], limit=3)
+    assert [i.id for i in page] == ids[3:6]
+    page = await store.archive.query(MAM, HOST, "juliet", before=ids[5], limit=3, reverse=True)
+    assert [i.id for i in page] == [ids[4], ids[3], ids[2]]
+    # The reference item need not match the filter itself.
+    page = await store.archive.query(MAM, HOST, "juliet", with_=ROMEO, after=ids[2], limit=2)
+    assert [i.id for i in page] == [ids[3], ids[5]]
+    page = await store.archive.query(MAM, HOST, "juliet", with_=ROMEO, reverse=True, limit=2)
+    assert [i.id for i in page] == [ids[7], ids[5]]
+    page = await store.archive.query(MAM, HOST, "juliet", start=1000.0, end=1000.0, after=ids[6])
+    assert [i.id for i in page] == [ids[7]]
+
+
+async def test_archive_unknown_after_or_before_id_raises_key_error(store: SQLStorage) -> None:
+    await _fill(store, 3)
+    [other_user] = await _fill(store, 1, user="romeo")
+    other_store = await store.archive.append("muc", HOST, "juliet", "<m/>")
+    for bad in ("no-such-id", other_user, other_store):
+        with pytest.raises(KeyError):
+            await store.archive.query(MAM, HOST, "juliet", after=bad)
+        with pytest.raises(KeyError):
+            await store.archive.query(MAM, HOST, "juliet", before=bad, reverse=True, limit=0)
+
+
+async def test_archive_get_returns_the_item_only_from_its_own_archive(store: SQLStorage) -> None:
+    item_id = await store.archive.append(MAM, HOST, "juliet", "<m/>", with_=f"{ROMEO}/r", when=1234.5)
+    expected = ArchiveItem(id=item_id, when=1234.5, with_=f"{ROMEO}/r", value="<m/>")
+    assert await store.archive.get(MAM, HOST, "juliet", item_id) == expected
+    assert await store.archive.get(MAM, HOST, "juliet", "missing") is None
+    assert await store.archive.get(MAM, HOST, "romeo", item_id) is None
+    assert await store.archive.get("muc", HOST, "juliet", item_id) is None
+    assert await store.archive.get(MAM, "other.example", "juliet", item_id) is None
+
+
+async def test_archive_delete_all_or_only_older_items_and_count(store: SQLStorage) -> None:
+    ids = await _fill(store, 6)  # when 1000 .. 1005
+    await _fill(store, 2, user="romeo")
+    await store.archive.append("muc", HOST, "juliet", "<m/>", when=1.0)
+    assert await store.archive.count(MAM, HOST, "juliet") == 6
+
+    assert await store.archive.delete(MAM, HOST, "juliet", before=1002) == 2  # strictly older
+    assert [i.id for i in await store.archive.query(MAM, HOST, "juliet")] == ids[2:]
+    assert await store.archive.delete(MAM, HOST, "juliet", before=1002) == 0
+    assert await store.archive.count(MAM, HOST, "juliet") == 4
+    assert await store.archive.get(MAM, HOST, "juliet", ids[0]) is None
+
+    assert await store.archive.delete(MAM, HOST, "juliet") == 4
+    assert await store.archive.count(MAM, HOST, "juliet") == 0
+    assert await store.archive.query(MAM, HOST, "juliet") == []
+    assert await store.archive.delete(MAM, HOST, "juliet") == 0
+    # Other users' and other stores' items are untouched.
+    assert await store.archive.count(MAM, HOST, "romeo") == 2
+    assert await store.archive.count("muc", HOST, "juliet") == 1
+
+
+async def test_archive_stores_users_and_hosts_are_isolated(store: SQLStorage) -> None:
+    archives = [
+        (MAM, HOST, "juliet"),
+        ("muc", HOST, "juliet"),
+        (MAM, HOST, "romeo"),
+        (MAM, "other.example", "juliet"),
+        (MAM, HOST, ""),
+    ]
+    for n, (name, host, user) in enumerate(archives, start=1):
+        for i in range(n):
+            value = f"{name}/{host}/{user}/{i}"
+            await store.archive.append(name, host, user, value, with_=ROMEO, when=1000 + i)
+    for n, (name, host, user) in enumerate(archives, start=1):
+        assert await store.archive.count(name, host, user) == n
+        items = await store.archive.query(name, host, user, with_=ROMEO)
+        assert [i.value for i in items] == [f"{name}/{host}/{user}/{i}" for i in range(n)]
+    assert await store.archive.count("other", HOST, "juliet") == 0
+
+
+async def test_concurrent_archive_appends_get_distinct_ids(store: SQLStorage) -> None:
+    ids = await asyncio.gather(
+        *(store.archive.append(MAM, HOST, "juliet", f"<m n='{i}'/>", when=1000.0) for i in range(20))
+    )
+    assert len(set(ids)) == 20
+    assert await store.archive.count(MAM, HOST, "juliet") == 20
+    items = await store.archive.query(MAM, HOST, "juliet")
+    assert sorted(i.id for i in items) == sorted(ids)
+
+
 # -- whole-user and lifecycle -----------------------------------------------------------------------
 
 
@@ -302,7 +519,10 @@ async def test_deleting_an_account_removes_its_data_from_every_store(store: SQLS
         await store.kv.set("vcard", HOST, user, "", "<vCard/>")
         await store.kv.set("private", HOST, user, "k", "v")
         await store.offline.push(HOST, user, "<message/>")
+        await store.archive.append(MAM, HOST, user, "<message/>", with_=ROMEO)
+        await store.archive.append("muc", HOST, user, "<message/>")
     await store.kv.set("private", HOST, "", "host-wide", "x")
+    await store.archive.append(MAM, HOST, "", "<host-wide/>")
 
     assert await store.accounts.delete(HOST, "juliet")
 
@@ -312,6 +532,8 @@ async def test_deleting_an_account_removes_its_data_from_every_store(store: SQLS
     assert await store.kv.keys("vcard", HOST, "juliet") == []
     assert await store.kv.keys("private", HOST, "juliet") == []
     assert await store.offline.count(HOST, "juliet") == 0
+    assert await store.archive.count(MAM, HOST, "juliet") == 0
+    assert await store.archive.count("muc", HOST, "juliet") == 0
     # Nobody else's data is touched.
     assert await store.accounts.get_credentials(HOST, "romeo") == {"SHA-256": cred("romeo")}
     assert len((await store.roster.get(HOST, "romeo"))[1]) == 1
@@ -319,6 +541,9 @@ async def test_deleting_an_account_removes_its_data_from_every_store(store: SQLS
     assert await store.kv.keys("private", HOST, "romeo") == ["k"]
     assert await store.kv.keys("private", HOST, "") == ["host-wide"]
     assert await store.offline.count(HOST, "romeo") == 1
+    assert await store.archive.count(MAM, HOST, "romeo") == 1
+    assert await store.archive.count("muc", HOST, "romeo") == 1
+    assert await store.archive.count(MAM, HOST, "") == 1
 
 
 async def test_data_survives_close_and_reopen(url: str) -> None:
@@ -357,9 +582,68 @@ async def test_migrations_are_idempotent_and_reach_head(url: str) -> None:
         assert again._engine is not None
         async with again._engine.connect() as conn:
             heads = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars().all()
-        assert heads == ["0001"]
+        assert heads == ["0002"]
     finally:
         await again.close()
+
+
+def _upgrade_to(connection: sa.Connection, revision: str) -> None:
+    config = sql._alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+async def test_open_upgrades_a_revision_0001_database_keeping_its_data(url: str) -> None:
+    # Build the database as revision 0001 left it, with some data, the way open() migrates.
+    old = SQLStorage(url)
+    engine = old._create_engine()
+    try:
+        async with engine.execution_options(rookery_write=True, rookery_migrate=True).begin() as conn:
+            if old.schema is not None:
+                await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{old.schema}"')
+            await conn.run_sync(_upgrade_to, "0001")
+            assert not await conn.run_sync(lambda c: sa.inspect(c).has_table("archive"))
+            juliet = {"host": HOST, "username": "juliet"}
+            await conn.execute(sa.insert(sql.accounts).values(**juliet, created_at=1.0))
+            await conn.execute(sa.insert(sql.kv).values(**juliet, store="vcard", key="", value="<vCard/>"))
+            await conn.execute(sa.insert(sql.offline).values(**juliet, stanza="<message/>", created_at=2.0))
+    finally:
+        await engine.dispose()
+
+    storage = SQLStorage(url)
+    await storage.open()
+    try:
+        assert await storage.accounts.exists(HOST, "juliet")
+        assert await storage.kv.get("vcard", HOST, "juliet", "") == "<vCard/>"
+        assert await storage.offline.count(HOST, "juliet") == 1
+        assert storage._engine is not None
+        async with storage._engine.connect() as conn:
+            heads = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars().all()
+
+            def schema(c: sa.Connection) -> tuple[set[str], dict[str | None, tuple[list[str | None], bool]]]:
+                inspector = sa.inspect(c)
+                columns = {col["name"] for col in inspector.get_columns("archive")}
+                indexes = {
+                    ix["name"]: (list(ix["column_names"]), bool(ix["unique"]))
+                    for ix in inspector.get_indexes("archive")
+                }
+                return columns, indexes
+
+            columns, indexes = await conn.run_sync(schema)
+        assert heads == ["0002"]
+        # The migration and the Table used to build queries agree.
+        assert columns == set(sql.archive.c.keys())
+        assert indexes == {
+            "ux_archive_id": (["id"], True),
+            "ix_archive_user_time": (["host", "username", "store", "ts", "seq"], False),
+            "ix_archive_user_peer": (["host", "username", "store", "peer_bare", "ts", "seq"], False),
+        }
+        item_id = await storage.archive.append(MAM, HOST, "juliet", "<m/>", with_=ROMEO, when=5.0)
+        assert await storage.archive.query(MAM, HOST, "juliet", with_=ROMEO) == [
+            ArchiveItem(id=item_id, when=5.0, with_=ROMEO, value="<m/>")
+        ]
+    finally:
+        await storage.close()
 
 
 async def test_closed_storage_refuses_use(url: str) -> None:

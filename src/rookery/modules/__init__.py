@@ -1,13 +1,15 @@
 """Feature modules, one per file, each named for its feature and citing its spec first.
 
 Built-in modules are listed in ``BUILTIN``; third parties ship more through the ``rookery.modules``
-entry-point group (``name = "package.module:Class"``).
+entry-point group (``name = "package.module:Class"``), or name a class directly in ``modules``
+(``"package.module:Class"``, importable from the server's Python path).
 """
 
 from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
+from typing import Any
 
 BUILTIN: dict[str, str] = {
     "roster": "rookery.modules.roster:Roster",
@@ -32,7 +34,24 @@ def available_modules() -> dict[str, str]:
     return mods
 
 
-def load_module_class(name: str) -> type:
-    target = available_modules()[name]
+class ModuleLoadError(Exception):
+    """A module name that names no loadable module class."""
+
+
+def load_module_class(name: str) -> Any:
+    """The ``Module`` subclass for ``name`` (a built-in, an entry point, or "package.module:Class")."""
+    target = available_modules().get(name)
+    if target is None:
+        if ":" not in name:
+            raise ModuleLoadError(f"unknown module {name!r}")
+        target = name
     mod_name, _, cls_name = target.partition(":")
-    return getattr(importlib.import_module(mod_name), cls_name)
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise ModuleLoadError(f"cannot load module {name!r}: {e}") from None
+    from ..module import Module
+
+    if not (isinstance(cls, type) and issubclass(cls, Module)):
+        raise ModuleLoadError(f"{name!r} is not a rookery Module class")
+    return cls

@@ -15,9 +15,10 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterable
+from typing import Any
 from xml.etree.ElementTree import Element
 
-from ..module import Module, hook
+from ..module import Module, ModuleContext, fold, hook
 from ..stanza import Stanza
 from ..xml import ns
 
@@ -99,37 +100,31 @@ class Caps(Module):
     name = "caps"
     depends = ["disco"]
 
-    def __init__(self, server) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(server)
+    def __init__(self, ctx: ModuleContext) -> None:
+        super().__init__(ctx)
         self._ver: dict[str, str] = {}
-        self._registered = False
 
     @property
-    def disco(self):  # type: ignore[no-untyped-def]
-        return self.server.modules.get("disco")
+    def disco(self) -> Any:
+        return self.ctx.service("disco")
 
     async def start(self) -> None:
         self._ver.clear()
-        disco = self.disco
-        if disco is None:
-            self.log.warning("caps needs the disco module; not advertising capabilities")
-            return
-        if not self._registered:
-            disco.add_node_handler(self._node_info)
-            self._registered = True
+        self.disco.add_node_handler(self._node_info)
 
-    def ver(self, host: str) -> str | None:
-        """The verification string of ``host``'s disco#info (cached; ``invalidate`` after changes)."""
-        v = self._ver.get(host)
-        if v is None:
-            disco = self.disco
-            if disco is None:
-                return None
-            v = self._ver[host] = verification_string_of(disco.info_element(host))
-        return v
+    async def stop(self) -> None:
+        self.disco.remove_node_handler(self._node_info)
 
+    @hook("modules-changed")
     def invalidate(self) -> None:
         self._ver.clear()
+
+    def ver(self, host: str) -> str:
+        """The verification string of ``host``'s disco#info (cached until the modules change)."""
+        v = self._ver.get(host)
+        if v is None:
+            v = self._ver[host] = verification_string_of(self.disco.info_element(host))
+        return v
 
     def _node_info(self, request: Stanza, node: str) -> Element | None:
         """§6.2: disco#info to ``NODE#ver`` answers with the hashed information."""
@@ -137,21 +132,10 @@ class Caps(Module):
         host = request.to.domain
         if node != f"{NODE}#{self.ver(host)}":
             return None
-        return self.disco.info_element(host, node)
+        return self.disco.info_element(host, node)  # type: ignore[no-any-return]
 
-    def _session_host(self, session) -> str:  # type: ignore[no-untyped-def]
-        for attr in ("host", "domain"):
-            h = getattr(session, attr, None)
-            if isinstance(h, str) and h:
-                return h
-        jid = getattr(session, "jid", None)
-        if jid is not None:
-            return jid.domain
-        return self.config.domains[0]
-
-    @hook("stream-features")
-    def stream_feature(self, session, features: Element) -> None:  # type: ignore[no-untyped-def]
+    @fold("stream-features")
+    def stream_feature(self, features: Element, stream: Any) -> Element:
         """§6.3: advertise the server's capabilities in the stream features."""
-        v = self.ver(self._session_host(session))
-        if v is not None:
-            features.append(Element(_C, hash=HASH, node=NODE, ver=v))
+        features.append(Element(_C, hash=HASH, node=NODE, ver=self.ver(stream.local_domain)))
+        return features

@@ -1,15 +1,17 @@
 """XEP-0030: Service Discovery, for the server itself and on behalf of its accounts.
 
-* disco#info to the server (XEP-0030 §3.1): identity ``server/im`` plus every enabled module's
-  ``identities`` and ``features`` class attributes, the disco#info/#items features, and any
-  XEP-0128 extended-information forms modules offer through a ``disco_forms(host)`` method.
+* disco#info to the server (XEP-0030 §3.1): identity ``server/im`` plus the ``identities`` and
+  ``features`` of every module enabled on that domain (the module manager's catalog), the
+  disco#info/#items features, and any XEP-0128 extended-information forms modules add on the
+  ``disco-forms`` fold (``fn(forms, host) -> forms``).
 * disco#info to an account's bare JID (§3.1, §8 "Security Considerations"): the server answers for the
   account with identity ``account/registered`` and the modules' ``account_features`` — but only to the
   account itself or to entities authorized to see its presence; a missing account or an unauthorized
   requester gets ``<service-unavailable/>`` (§8 rule 1), so accounts cannot be harvested.
-* disco#items (§4.1): the server's items come from modules' ``disco_items(host)`` methods (empty until
-  components exist); an account's items are its available resources, shown only to authorized
-  requesters, and an empty result otherwise (§8 rule 2).
+* disco#items (§4.1): the server's items are its internal services (``conference.D`` …) and what
+  modules add on the ``disco-items`` fold (``fn(items, host) -> items``, items being ``<item/>``
+  elements or ``(jid, name)`` pairs); an account's items are its available resources, shown only to
+  authorized requesters, and an empty result otherwise (§8 rule 2).
 * Nodes (§3.2, §4.2): a request with a ``node`` is offered to handlers registered with
   ``add_node_handler`` (the caps module answers its ``node#ver``); an unknown node is
   ``<item-not-found/>``, and the reply mirrors the requested ``node``.
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterable
 from xml.etree.ElementTree import Element, SubElement
 
 from ..jid import JID
-from ..module import Module, iq_handler
+from ..module import Module, ModuleContext, hook, iq_handler
 from ..stanza import Stanza, StanzaError
 from ..xml import ns
 from ._access import presence_authorized
@@ -39,6 +41,8 @@ _X = f"{{{ns.DATA_FORMS}}}x"
 SERVER_NAME = "Rookery"
 SERVER_IDENTITY: tuple[str, str, str | None] = ("server", "im", SERVER_NAME)
 ACCOUNT_IDENTITY: tuple[str, str, str | None] = ("account", "registered", None)
+
+_Collected = tuple[list[tuple[str, str, str | None]], list[str], list[str]]
 
 #: ``fn(request, node) -> <query/>`` for a node it owns, or None when the node is not its own.
 NodeHandler = Callable[[Stanza, str], Element | None]
@@ -69,13 +73,15 @@ class Disco(Module):
     name = "disco"
     features = [ns.DISCO_INFO, ns.DISCO_ITEMS]
     account_features = [ns.DISCO_INFO, ns.DISCO_ITEMS]
+    provides = ["disco"]
 
-    def __init__(self, server) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(server)
+    def __init__(self, ctx: ModuleContext) -> None:
+        super().__init__(ctx)
         self._node_handlers: list[NodeHandler] = []
-        self._cache: tuple[list[tuple[str, str, str | None]], list[str], list[str]] | None = None
+        self._cache: dict[str, _Collected] = {}
 
-    async def start(self) -> None:
+    @hook("modules-changed")
+    def _modules_changed(self) -> None:
         self.refresh()
 
     # -- API for other modules ----------------------------------------------------------------
@@ -83,97 +89,73 @@ class Disco(Module):
         """Offer disco#info requests with a ``node`` to ``fn`` (see ``NodeHandler``)."""
         self._node_handlers.append(fn)
 
+    def remove_node_handler(self, fn: NodeHandler) -> None:
+        if fn in self._node_handlers:
+            self._node_handlers.remove(fn)
+
     def refresh(self) -> None:
-        """Recollect identities and features (call after the set of modules changes)."""
-        identities: dict[tuple[str, str], tuple[str, str, str | None]] = {
-            SERVER_IDENTITY[:2]: SERVER_IDENTITY
-        }
-        features: set[str] = {ns.DISCO_INFO, ns.DISCO_ITEMS}
-        account: set[str] = {ns.DISCO_INFO, ns.DISCO_ITEMS}
-        for mod in self.server.modules.values():
-            for ident in getattr(mod, "identities", ()):
-                identities.setdefault((ident[0], ident[1]), tuple(ident))  # type: ignore[arg-type]
-            features.update(getattr(mod, "features", ()))
-            account.update(getattr(mod, "account_features", ()))
-        self._cache = (
-            sorted(identities.values(), key=lambda i: (i[0], i[1])),
-            sorted(features),
-            sorted(account),
-        )
+        """Forget what was collected (the set of loaded modules changed)."""
+        self._cache.clear()
 
-    @property
-    def server_identities(self) -> list[tuple[str, str, str | None]]:
-        if self._cache is None:
-            self.refresh()
-        assert self._cache is not None
-        return self._cache[0]
+    def _collect(self, host: str) -> _Collected:
+        c = self._cache.get(host)
+        if c is None:
+            catalog = self.ctx.catalog
+            identities: dict[tuple[str, str], tuple[str, str, str | None]] = {SERVER_IDENTITY[:2]: SERVER_IDENTITY}
+            for ident in catalog.identities(host):
+                identities.setdefault((ident[0], ident[1]), ident)
+            features = {ns.DISCO_INFO, ns.DISCO_ITEMS, *catalog.features(host)}
+            account = {ns.DISCO_INFO, ns.DISCO_ITEMS, *catalog.account_features(host)}
+            c = self._cache[host] = (sorted(identities.values(), key=lambda i: (i[0], i[1])),
+                                     sorted(features), sorted(account))
+        return c
 
-    @property
-    def server_features(self) -> list[str]:
-        if self._cache is None:
-            self.refresh()
-        assert self._cache is not None
-        return self._cache[1]
+    def server_identities(self, host: str) -> list[tuple[str, str, str | None]]:
+        return self._collect(host)[0]
 
-    @property
-    def account_feature_list(self) -> list[str]:
-        if self._cache is None:
-            self.refresh()
-        assert self._cache is not None
-        return self._cache[2]
+    def server_features(self, host: str) -> list[str]:
+        return self._collect(host)[1]
+
+    def account_feature_list(self, host: str) -> list[str]:
+        return self._collect(host)[2]
 
     def forms(self, host: str) -> list[Element]:
-        """XEP-0128 extended-information forms modules offer for ``host``."""
-        out: list[Element] = []
-        for mod in self.server.modules.values():
-            fn = getattr(mod, "disco_forms", None)
-            if fn is not None:
-                try:
-                    out.extend(fn(host))
-                except Exception:
-                    self.log.exception("disco_forms of module %s failed", getattr(mod, "name", mod))
-        return out
+        """XEP-0128 extended-information forms modules offer for ``host`` (the ``disco-forms`` fold)."""
+        return list(self.ctx.fold("disco-forms", [], host))
 
     def info_element(self, host: str, node: str | None = None) -> Element:
         """The server's disco#info ``<query/>`` for ``host`` (``node`` mirrored, XEP-0030 §3.2)."""
         q = _query(_INFO, node)
-        for category, type_, name in self.server_identities:
+        for category, type_, name in self.server_identities(host):
             ident = SubElement(q, _IDENTITY, category=category, type=type_)
             if name:
                 ident.set("name", name)
-        for var in self.server_features:
+        for var in self.server_features(host):
             SubElement(q, _FEATURE, var=var)
         q.extend(self.forms(host))
         return q
 
-    def account_info_element(self, node: str | None = None) -> Element:
+    def account_info_element(self, host: str, node: str | None = None) -> Element:
         """disco#info ``<query/>`` the server returns for an account's bare JID (XEP-0030 §3.1)."""
         q = _query(_INFO, node)
         category, type_, _ = ACCOUNT_IDENTITY
         SubElement(q, _IDENTITY, category=category, type=type_)
-        for var in self.account_feature_list:
+        for var in self.account_feature_list(host):
             SubElement(q, _FEATURE, var=var)
         return q
 
     def items(self, host: str) -> list[Element]:
-        """The server's disco#items: ``<item/>`` elements from modules' ``disco_items(host)``."""
-        out: list[Element] = []
-        for mod in self.server.modules.values():
-            fn = getattr(mod, "disco_items", None)
-            if fn is None:
+        """The server's disco#items: its internal services, then the ``disco-items`` fold."""
+        out: list[Element] = [Element(_ITEM, jid=domain) for domain, _name in self.ctx.catalog.services(host)]
+        for entry in self.ctx.fold("disco-items", [], host):
+            if isinstance(entry, Element):
+                out.append(entry)
                 continue
-            try:
-                for entry in fn(host):
-                    if isinstance(entry, Element):
-                        out.append(entry)
-                        continue
-                    jid, name = entry[0], entry[1] if len(entry) > 1 else None
-                    item = Element(_ITEM, jid=jid)
-                    if name:
-                        item.set("name", name)
-                    out.append(item)
-            except Exception:
-                self.log.exception("disco_items of module %s failed", getattr(mod, "name", mod))
+            jid, name = entry[0], entry[1] if len(entry) > 1 else None
+            item = Element(_ITEM, jid=jid)
+            if name:
+                item.set("name", name)
+            out.append(item)
         return out
 
     # -- handlers -----------------------------------------------------------------------------
@@ -219,7 +201,8 @@ class Disco(Module):
         node = request.el[0].get("node")
         if node is not None:
             raise StanzaError("item-not-found")
-        return request.result(self.account_info_element())
+        assert request.to is not None
+        return request.result(self.account_info_element(request.to.domain))
 
     @iq_handler("get", ns.DISCO_ITEMS, "query", to="bare")
     async def account_items(self, request: Stanza) -> Element:
@@ -232,7 +215,7 @@ class Disco(Module):
             raise StanzaError("item-not-found")
         to = request.to
         assert to is not None
-        for res, session in sorted(self.server.router.sessions.resources(to.bare).items()):
-            if getattr(session, "available", False):
+        for res, session in sorted(self.ctx.sessions.resources(to.bare).items()):
+            if session.available:
                 SubElement(q, _ITEM, jid=JID(to.local, to.domain, res, _norm=False).full)
         return request.result(q)

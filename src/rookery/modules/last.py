@@ -21,7 +21,7 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from ..jid import JID
-from ..module import Module, hook, iq_handler
+from ..module import Module, ModuleContext, hook, iq_handler
 from ..stanza import Stanza, StanzaError
 from ..xml import ns
 from ._access import presence_authorized
@@ -45,20 +45,14 @@ class LastActivity(Module):
     features = [ns.LAST]
     account_features = [ns.LAST]
 
-    def __init__(self, server: Any) -> None:
-        super().__init__(server)
-        self._started_at = time.time()
+    def __init__(self, ctx: ModuleContext) -> None:
+        super().__init__(ctx)
         #: full JID -> status text of the unavailable presence that session sent (until it ends)
         self._unavailable_status: dict[str, str | None] = {}
 
-    async def start(self) -> None:
-        if not isinstance(getattr(self.server, "started_at", None), int | float):
-            self._started_at = time.time()
-
     @property
     def started_at(self) -> float:
-        t = getattr(self.server, "started_at", None)
-        return t if isinstance(t, int | float) else self._started_at
+        return self.ctx.started_at
 
     # -- §5 server uptime -----------------------------------------------------------------------
     @iq_handler("get", ns.LAST, "query", to="host")
@@ -71,7 +65,7 @@ class LastActivity(Module):
         to = request.to
         assert to is not None and to.local is not None
         await self._check_access(request)
-        if self.server.router.sessions.resources(to.bare):
+        if self.ctx.sessions.resources(to.bare):
             return request.result(last_element(0))
         raw = await self.storage.kv.get(STORE, to.domain, to.local, KEY)
         if raw is None:
@@ -102,10 +96,10 @@ class LastActivity(Module):
         to = request.to
         assert to is not None
         await self._check_access(request)
-        session = self.server.router.sessions.get(to)
+        session = self.ctx.sessions.get(to)
         if session is None:
             raise StanzaError("service-unavailable")  # RFC 6121 §8.5.3.2.1 (no such resource)
-        session.send(request.el)
+        self.ctx.sessions.deliver(session, request.el)
         return None
 
     # -- recording logouts ----------------------------------------------------------------------
@@ -133,7 +127,7 @@ class LastActivity(Module):
             if pres is not None and pres.get("type") == "unavailable":
                 el = pres.find("status")
                 status = el.text if el is not None else None
-        others = [s for s in self.server.router.sessions.resources(jid.bare).values() if s is not session]
+        others = [s for s in self.ctx.sessions.resources(jid.bare).values() if s is not session]
         if others:
             return None
         record: dict[str, Any] = {"t": time.time()}

@@ -1,6 +1,6 @@
 """XEP-0160: Best Practices for Handling Offline Messages, with XEP-0203 delay stamps.
 
-§2 "Process Flow": the router fires ``"message/offline"`` for a ``normal``/``chat`` message to an
+§2 "Process Flow": the router folds ``"delivery-failed"`` over a ``normal``/``chat`` message to an
 existing local account that has no available resource of non-negative priority (RFC 6121 §8.5.2.2);
 this module stores it with a XEP-0203 ``<delay xmlns='urn:xmpp:delay' from='domain' stamp='...'>Offline
 Storage</delay>`` (§2: RECOMMENDED) and reports True, or False when the account's queue is full
@@ -21,7 +21,10 @@ from collections.abc import Awaitable
 from typing import Any
 from xml.etree.ElementTree import Element, ParseError, fromstring
 
-from ..module import Module, hook
+from pydantic import Field
+
+from ..module import Module, Options, fold, hook
+from ..routing.registry import SessionRef
 from ..stanza import Stanza
 from ..xml import ns, serialize
 from .time import format_datetime
@@ -66,14 +69,23 @@ def stamp(el: Element, domain: str, when: float | None = None) -> Element:
     return out
 
 
+class OfflineOptions(Options):
+    #: most messages kept per user; further ones bounce with <service-unavailable/> (§2 step 3)
+    max_messages: int = Field(1000, ge=0)
+
+
 class Offline(Module):
     """XEP-0160 offline message store and delivery."""
 
     name = "offline"
     features = [ns.OFFLINE]
+    Options = OfflineOptions
 
-    @hook("message/offline")
-    def store(self, st: Stanza) -> Awaitable[bool] | bool:
+    @fold("delivery-failed")
+    def store(self, handled: bool, st: Stanza) -> Awaitable[bool] | bool:
+        """A message no resource took (RFC 6121 §8.5.2.2): store it (True: handled, no error)."""
+        if handled or not self.ctx.enabled_for(st.to.domain if st.to else ""):
+            return handled
         el = st.el
         if is_chat_state_only(el) or any(el.find(t) is not None for t in _NO_STORE):
             return True  # §3: not stored, dropped
@@ -104,16 +116,16 @@ class Offline(Module):
             and getattr(session, "priority", 0) < 0
             and _priority(st.el) >= 0
         ):
-            self.server.router.spawn(self.deliver(session))
+            self.ctx.spawn(self.deliver(session))
         return None
 
-    async def deliver(self, session: Any) -> None:
+    async def deliver(self, session: SessionRef) -> None:
         """Send every stored message of the session's account to it, oldest first."""
         jid = session.jid
-        sessions = self.server.router.sessions
-        send = session.send
+        sessions = self.ctx.sessions
         if sessions.get(jid) is not session:
             return
+        assert jid.local is not None
         stored = await self.storage.offline.pop_all(jid.domain, jid.local)
         for i, data in enumerate(stored):
             if sessions.get(jid) is not session:
@@ -127,4 +139,4 @@ class Offline(Module):
             except ParseError:
                 self.log.warning("dropping unreadable offline message for %s", jid.bare)
                 continue
-            send(el)
+            sessions.deliver(session, el)

@@ -195,10 +195,10 @@ def copy_presence(el: Element, **attrs: str | None) -> Element:
 
 
 def _directed(session: Any) -> set[str]:
-    d = getattr(session, "directed", None)
+    """The entities a session sent directed presence to (§4.6.3), kept in its extension slots."""
+    d: set[str] | None = session.ext.get("presence.directed")
     if d is None:
-        d = set()
-        session.directed = d
+        d = session.ext["presence.directed"] = set()
     return d
 
 
@@ -210,21 +210,21 @@ class Presence(Module):
 
     @property
     def roster(self) -> Roster:
-        return self.server.modules["roster"]  # type: ignore[return-value]
+        return self.ctx.service("roster")  # type: ignore[no-any-return]
 
     # -- helpers ---------------------------------------------------------------------------------
     def _sessions(self, bare: str) -> Iterable[Any]:
-        return self.server.router.sessions.resources(bare).values()
+        return self.ctx.sessions.resources(bare).values()
 
     def _gone(self, session: Any) -> bool:
-        return self.server.router.sessions.get(session.jid) is not session
+        return self.ctx.sessions.get(session.jid) is not session
 
     async def _route(self, els: Iterable[Element], ordered: bool = True) -> None:
         """Route server-generated stanzas and wait for their handling.  ``ordered``: each one is
         fully handled before the next is routed (a ``subscribed`` reaches the subscriber, with its
         roster push, before the presence that follows it); else they are handled concurrently."""
         pending = []
-        send = self.server.router.send
+        send = self.ctx.router.send
         for el in els:
             r = send(el)
             if r is not None:
@@ -238,15 +238,11 @@ class Presence(Module):
     def _deliver_available(self, bare: str, el: Element) -> None:
         """To every available resource of ``bare`` (RFC 6121 §8.5.2.1.1: any priority)."""
         targets = [s for s in self._sessions(bare) if s.available]
-        if len(targets) == 1:
-            targets[0].send(el)
-        elif targets:
-            data = serialize(el)
-            for s in targets:
-                s.send_data(data)
+        if targets:
+            self.ctx.sessions.deliver_many(targets, el)
 
     async def _exists(self, host: str, user: str) -> bool:
-        if self.server.router.sessions.resources(f"{user}@{host}"):
+        if self.ctx.sessions.resources(f"{user}@{host}"):
             return True
         return bool(await self.storage.accounts.exists(host, user))
 
@@ -300,16 +296,15 @@ class Presence(Module):
             return True
         pres = copy_presence(el, to=None, from_=jid.full, type=None)
         initial = not session.available
-        session.priority = priority
-        session.available = True
-        session.presence = pres
+        registry = self.ctx.sessions
+        registry.update(session, priority=priority, available=True, presence=pres)
         out = [copy_presence(pres, to=contact) for contact, item in items.items()
                if item.subscription in ("from", "both") and contact != bare]
         self._deliver_available(bare, copy_presence(pres, to=bare))
         if initial:
             for other in self._presence_of_available(bare, jid.full):
                 if other.get("from") != jid.full:
-                    session.send(other)
+                    registry.deliver(session, other)
             out += [Element("presence", {"type": "probe", "from": jid.full, "to": contact})
                     for contact, item in items.items()
                     if item.subscription in ("to", "both") and contact != bare]
@@ -319,10 +314,10 @@ class Presence(Module):
             pending = await self.storage.roster.get_pending_in(host, user)
             for data in pending.values():
                 try:
-                    session.send(fromstring(data))
+                    registry.deliver(session, fromstring(data))
                 except ParseError:
                     self.log.warning("unreadable pending subscription request for %s", bare)
-            r = self.server.router.fire("initial-presence", session)
+            r = self.ctx.fire("initial-presence", session)
             if r is not None:
                 await r
         return True
@@ -340,8 +335,7 @@ class Presence(Module):
         pres = copy_presence(el, to=None, from_=jid.full)
         pres.set("type", "unavailable")
         was_available = session.available
-        session.available = False
-        session.presence = None
+        self.ctx.sessions.update(session, available=False, presence=None)
         out: list[Element] = []
         sent_to: set[str] = set()
         if was_available:
@@ -352,7 +346,7 @@ class Presence(Module):
                     sent_to.add(contact)
             self._deliver_available(bare, copy_presence(pres, to=bare))
             if not ended:
-                session.send(copy_presence(pres, to=bare))  # the sender is no longer "available"
+                self.ctx.sessions.deliver(session, copy_presence(pres, to=bare))  # the sender is no longer "available"
         directed = _directed(session)
         out += [copy_presence(pres, to=d) for d in sorted(directed) if d not in sent_to]
         directed.clear()
@@ -422,9 +416,9 @@ class Presence(Module):
         assert to is not None
         if ptype in SUBSCRIPTION_TYPES or ptype == "probe":
             return self.inbound_bare(st)
-        s = self.server.router.sessions.get(to)
+        s = self.ctx.sessions.get(to)
         if s is not None:
-            s.send(st.el)
+            self.ctx.sessions.deliver(s, st.el)
         return True
 
     async def _inbound_subscription(self, st: Stanza) -> bool:
@@ -471,7 +465,7 @@ class Presence(Module):
         assert to is not None and frm is not None and to.local is not None
         host, user, bare = to.domain, to.local, to.bare
         if frm.bare != bare:
-            if self.server.router.sessions.resources(bare):
+            if self.ctx.sessions.resources(bare):
                 item = await self.roster.get_item(host, user, frm.bare)
             else:
                 item = await self.storage.roster.get_item(host, user, frm.bare)
@@ -505,7 +499,7 @@ class Presence(Module):
         jid = getattr(session, "jid", None)
         if jid is None or jid.local is None:
             return None
-        if not session.available and not getattr(session, "directed", None):
+        if not session.available and not session.ext.get("presence.directed"):
             return None
         cached = self.roster.cached(jid.domain, jid.local)
         items = dict(cached) if cached is not None else None

@@ -41,7 +41,7 @@ from typing import Any
 from xml.etree.ElementTree import Element, SubElement
 
 from ..jid import JID, InvalidJID
-from ..module import Module, hook, iq_handler
+from ..module import Module, ModuleContext, fold, hook, iq_handler
 from ..stanza import Stanza, StanzaError
 from ..storage.base import RosterItem
 from ..xml import ns
@@ -154,9 +154,10 @@ class Roster(Module):
     """RFC 6121 §2 roster management and the roster API used by the presence module."""
 
     name = "roster"
+    provides = ["roster"]
 
-    def __init__(self, server: Any) -> None:
-        super().__init__(server)
+    def __init__(self, ctx: ModuleContext) -> None:
+        super().__init__(ctx)
         self._cache: dict[tuple[str, str], _Cached] = {}
         # Write stamps: a load that overlapped a write reads again before caching (see _load).
         self._stamps: dict[tuple[str, str], int] = {}
@@ -229,8 +230,8 @@ class Roster(Module):
     def push(self, host: str, user: str, item: RosterItem | str, ver: str) -> None:
         """RFC 6121 §2.1.6 roster push of ``item`` (a str: that JID was removed) to every interested
         resource.  No 'from': a push is from the account itself."""
-        sessions = [s for s in self.server.router.sessions.resources(f"{user}@{host}").values()
-                    if getattr(s, "interested", False)]
+        registry = self.ctx.sessions
+        sessions = [s for s in registry.resources(f"{user}@{host}").values() if s.interested]
         if not sessions:
             return
         query = Element(_QUERY, ver=ver)
@@ -238,11 +239,11 @@ class Roster(Module):
         for s in sessions:
             iq = Element("iq", {"type": "set", "id": f"push{next(self._push_ids)}", "to": s.jid.full})
             iq.append(query)
-            s.send(iq)
+            registry.deliver(s, iq)
 
     # -- cache ----------------------------------------------------------------------------------
     def _online(self, host: str, user: str) -> bool:
-        return bool(self.server.router.sessions.resources(f"{user}@{host}"))
+        return bool(self.ctx.sessions.resources(f"{user}@{host}"))
 
     async def _load(self, host: str, user: str) -> tuple[str, dict[str, RosterItem]]:
         """Read the roster; cache it when the user is online.  A write that started or finished
@@ -279,7 +280,7 @@ class Roster(Module):
         """RFC 6121 §2.1.3 roster get, §2.6.3 with a version."""
         host, user = self._owner(st)
         if st.origin is not None and st.origin.jid == st.from_:
-            st.origin.interested = True  # §2.2: an "interested resource" from now on
+            self.ctx.sessions.update(st.origin, interested=True)  # §2.2: an "interested resource" from now on
         ver, items = await self.get_versioned(host, user)
         query_el = st.payload
         assert query_el is not None
@@ -310,7 +311,7 @@ class Roster(Module):
             else:
                 item = replace(old, name=req.name, groups=req.groups)
             ver = await self.set_item(host, user, item, push=False)
-            self.server.router.reply(st, st.result())
+            self.ctx.router.reply(st, st.result())
             self.push(host, user, item, ver)
         return None
 
@@ -325,7 +326,7 @@ class Roster(Module):
             ver = await self.remove_item(host, user, contact, push=False)
             if contact in pending:
                 await self.storage.roster.remove_pending_in(host, user, contact)
-            self.server.router.reply(st, st.result())
+            self.ctx.router.reply(st, st.result())
             self.push(host, user, contact, ver)
         if contact == bare:
             return
@@ -335,21 +336,22 @@ class Roster(Module):
         if item.subscription in ("from", "both") or contact in pending:
             out.append(Element("presence", {"type": "unsubscribed", "from": bare, "to": contact}))
         if item.subscription in ("from", "both"):
-            for s in self.server.router.sessions.resources(bare).values():
+            for s in self.ctx.sessions.resources(bare).values():
                 if s.available:
                     out.append(Element("presence", {"type": "unavailable", "from": s.jid.full, "to": contact}))
-        router = self.server.router
+        router = self.ctx.router
         for el in out:
             r = router.send(el)
             if r is not None:
                 await r
 
     # -- events ---------------------------------------------------------------------------------
-    @hook("stream-features")
-    def stream_features(self, session: Any, features: Element) -> None:
+    @fold("stream-features")
+    def stream_features(self, features: Element, stream: Any) -> Element:
         """RFC 6121 §2.6.1 roster versioning and §3.4.1 pre-approval support."""
         features.append(Element(f"{{{ns.ROSTER_VER}}}ver"))
         features.append(Element(f"{{{ns.PRE_APPROVAL}}}sub"))
+        return features
 
     @hook("session-ended", priority=-100)
     def session_ended(self, session: Any) -> None:

@@ -1,93 +1,60 @@
-"""Stanza routing: RFC 6120 §10 (server rules for processing XML stanzas) and RFC 6121 §8
-(delivery rules for message, presence and iq to local bare and full JIDs).
+"""Stanza routing: RFC 6120 §10 (server rules for processing XML stanzas) and RFC 6121 §8 (delivery
+rules for message, presence and iq to local bare and full JIDs).
 
-The router knows sessions (``SessionRegistry``), never sockets.  Handlers are found by dict lookup:
-iq get/set by ``(type, namespace, name, target)``, everything else by event name
-``"<kind>/<target>"`` where target is ``host``, ``bare`` or ``full``.  The online-to-online message
-path touches no storage and formats no log strings.
+The router looks the destination domain up in the route table (``routing.routes``): local accounts
+and internal services dispatch through their own ``HandlerTable`` (iq by ``(type, namespace, name,
+target)``, other stanzas by ``"<kind>/<target>"`` chains, target ``host``/``bare``/``full``); external
+components and remote domains are forwarded.  It reaches sessions only through the
+``SessionRegistry`` (``deliver(ref, element)``).  After the delivery rules pick targets it fires
+``message-delivered(stanza, targets)``; a message no resource takes goes through the
+``delivery-failed`` fold (offline storage) before it is bounced.
+
+A handler returns ``None``/``False`` (not handled: the next one runs), ``True`` or an element (handled;
+for an iq the element is the reply), or a coroutine, which is awaited and its result read the same
+way.  A raised ``StanzaError`` is the reply; any other exception is logged and answered
+``<internal-server-error/>``.  The online-to-online message path touches no storage and formats no
+log strings.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from inspect import iscoroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from xml.etree.ElementTree import Element
 
 from ..jid import JID, InvalidJID
 from ..stanza import Stanza, StanzaError
-from ..xml.serializer import serialize
-from .sessions import SessionRegistry
-
-if TYPE_CHECKING:
-    from ..server import Server
+from .delivery import message_targets
+from .hooks import EventBus, Handler, HandlerTable
+from .registry import SessionRef, SessionRegistry
+from .routes import LOCAL, SERVICE, Route, RouteTable
+from .tasks import Tasks
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[..., Any]
+AccountExists = Callable[[str, str], Awaitable[bool]]
+
+_NOT_HANDLED = (None, False)
 
 
 class Router:
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.sessions = SessionRegistry()
-        self.hosts: set[str] = set(server.config.domains)
-        self.iq: dict[tuple[str, str, str, str], Handler] = {}
-        self.hooks: dict[str, list[tuple[int, Handler]]] = {}
-        self._chains: dict[str, list[Handler]] = {}
-        self._pending_iq: dict[str, asyncio.Future] = {}
-        self._iq_counter = 0
-        self.tasks: set[asyncio.Task] = set()
+    def __init__(self, sessions: SessionRegistry, routes: RouteTable, events: EventBus, tasks: Tasks,
+                 account_exists: AccountExists) -> None:
+        self.sessions = sessions
+        self.routes = routes
+        self.events = events
+        self.tasks = tasks
+        self._account_exists = account_exists
 
-    # -- registration -------------------------------------------------------------------------
-    def add_iq_handler(self, key: tuple[str, str, str, str], fn: Handler) -> None:
-        if key in self.iq:
-            raise ValueError(f"two modules handle iq {key}")
-        self.iq[key] = fn
+    def spawn(self, aw: Awaitable[Any]) -> Any:
+        return self.tasks.spawn(aw)
 
-    def add_hook(self, event: str, priority: int, fn: Handler) -> None:
-        lst = self.hooks.setdefault(event, [])
-        lst.append((priority, fn))
-        lst.sort(key=lambda p: -p[0])
-        self._chains[event] = [f for _, f in lst]
-
-    def chain(self, event: str) -> list[Handler]:
-        return self._chains.get(event, [])
-
-    def spawn(self, coro: Awaitable) -> asyncio.Task:
-        """Run a coroutine in the background, logging its failure."""
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed", exc_info=task.exception())
-
-    # -- events -------------------------------------------------------------------------------
-    def fire(self, event: str, *args: Any) -> Awaitable | None:
-        """Run an event's handlers with ``args`` (non-stanza events).  Returns an awaitable when any
-        handler is async (the caller may await it or hand it to ``spawn``)."""
-        coros = []
-        for fn in self.chain(event):
-            try:
-                r = fn(*args)
-            except Exception:
-                log.exception("handler for %s failed", event)
-                continue
-            if iscoroutine(r):
-                coros.append(r)
-        if coros:
-            return _gather_logged(event, coros)
-        return None
-
-    def fire_stanza(self, event: str, st: Stanza) -> bool | Awaitable:
-        """Run a stanza event chain.  True/awaitable = handled, False = nobody took it."""
-        chain = self._chains.get(event)
+    # -- stanza chains ------------------------------------------------------------------------
+    def run_chain(self, table: HandlerTable, event: str, st: Stanza) -> bool | Awaitable[bool]:
+        """Run a stanza chain.  True/awaitable = handled, False = nobody took it."""
+        chain = table.chains.get(event)
         if not chain:
             return False
         for i, fn in enumerate(chain):
@@ -103,34 +70,39 @@ class Router:
             return True
         return False
 
-    async def _continue_chain(self, event: str, coro: Awaitable, rest: list[Handler], st: Stanza) -> bool:
+    async def _continue_chain(self, event: str, coro: Awaitable[Any], rest: list[Handler], st: Stanza) -> bool:
         try:
             r = await coro
         except Exception as e:
             self._failed(st, e, event)
             return True
-        if r is None or r is False:
-            for fn in rest:
-                try:
-                    r = fn(st)
-                    if iscoroutine(r):
-                        r = await r
-                except Exception as e:
-                    self._failed(st, e, event)
-                    return True
-                if r is not None and r is not False:
-                    return True
-            return False
-        return True
+        if r is not None and r is not False:
+            return True
+        for fn in rest:
+            try:
+                r = fn(st)
+                if iscoroutine(r):
+                    r = await r
+            except Exception as e:
+                self._failed(st, e, event)
+                return True
+            if r is not None and r is not False:
+                return True
+        return False
 
     # -- entry points -------------------------------------------------------------------------
-    def from_local(self, st: Stanza) -> Awaitable | None:
-        """A stanza a local client sent (``from`` already stamped): ``pre-<kind>`` hooks, then route."""
-        handled = self.fire_stanza("pre-" + st.kind, st)
-        if handled is True:
-            return None
-        if handled is not False:
-            return self._route_after(handled, st)  # type: ignore[arg-type]
+    def from_local(self, st: Stanza) -> Awaitable[Any] | None:
+        """A stanza a local client sent (``from`` already stamped): the sender's domain's
+        ``pre-<kind>`` chain, then route."""
+        frm = st.from_
+        assert frm is not None
+        table = self.routes.get(frm.domain).table
+        if table is not None:
+            handled = self.run_chain(table, "pre-" + st.kind, st)
+            if handled is True:
+                return None
+            if handled is not False:
+                return self._route_after(handled, st)
         return self.route(st)
 
     async def _route_after(self, handled: Awaitable[bool], st: Stanza) -> None:
@@ -139,7 +111,7 @@ class Router:
             if r is not None:
                 await r
 
-    def send(self, el: Element) -> Awaitable | None:
+    def send(self, el: Element) -> Awaitable[Any] | None:
         """Route a server-generated element (its ``from``/``to`` set by the caller)."""
         try:
             to = JID.parse(el.get("to", "")) if el.get("to") else None
@@ -153,21 +125,23 @@ class Router:
 
     def reply(self, st: Stanza, el: Element) -> None:
         """Send a reply back to where ``st`` came from."""
-        origin = st.origin
+        origin: SessionRef | None = st.origin
         if origin is not None and st.from_ is not None and origin.jid == st.from_:
-            origin.send(el)
+            self.sessions.deliver(origin, el)
         else:
             r = self.send(el)
             if r is not None:
                 self.spawn(r)
 
-    def route(self, st: Stanza) -> Awaitable | None:
-        """RFC 6120 §10.4-10.5: deliver to a local entity, or (later) to a remote domain."""
+    def route(self, st: Stanza) -> Awaitable[Any] | None:
+        """RFC 6120 §10.4-10.5: by the route of the destination domain."""
         to = st.to
         if to is None:
             return None
-        if to.domain not in self.hosts:
-            return self._route_remote(st)
+        route = self.routes.get(to.domain)
+        table = route.table
+        if table is None:
+            return self._forward(route, st)
         if to.local is None:
             target = "host"
         elif to.resource is None:
@@ -176,21 +150,26 @@ class Router:
             target = "full"
         kind = st.kind
         if kind == "iq":
-            return self._route_iq(st, target)
-        handled = self.fire_stanza(kind + "/" + target, st)
+            return self._route_iq(route, table, st, target)
+        handled = self.run_chain(table, kind + "/" + target, st)
         if handled is True:
             return None
         if handled is not False:
-            return self._default_after(handled, st, target)  # type: ignore[arg-type]
-        return self._default(st, target)
+            return self._default_after(handled, route, st, target)
+        return self._default(route, st, target)
 
-    async def _default_after(self, handled: Awaitable[bool], st: Stanza, target: str) -> None:
+    async def _default_after(self, handled: Awaitable[bool], route: Route, st: Stanza, target: str) -> None:
         if not await handled:
-            r = self._default(st, target)
+            r = self._default(route, st, target)
             if r is not None:
                 await r
 
-    def _default(self, st: Stanza, target: str) -> Awaitable | None:
+    def _default(self, route: Route, st: Stanza, target: str) -> Awaitable[Any] | None:
+        if route.kind == SERVICE:
+            # a service's stanzas nobody handled: RFC 6120 §8.3 service-unavailable for messages
+            if st.kind == "message" and st.type != "error":
+                self.reply(st, st.error("service-unavailable"))
+            return None
         if st.kind == "message":
             if target == "host":
                 return None
@@ -200,18 +179,21 @@ class Router:
             assert st.to is not None
             s = self.sessions.get(st.to)
             if s is not None:
-                s.send(st.el)
+                self.sessions.deliver(s, st.el)
         return None
 
     # -- message delivery, RFC 6121 §8.5 ------------------------------------------------------
-    def deliver_message(self, st: Stanza) -> Awaitable | None:
+    def deliver_message(self, st: Stanza) -> Awaitable[Any] | None:
         to = st.to
         assert to is not None
         mtype = st.type
+        sessions = self.sessions
         if to.resource is not None:
-            s = self.sessions.get(to)
+            s = sessions.get(to)
             if s is not None:
-                s.send(st.el)
+                sessions.deliver(s, st.el)
+                if "message-delivered" in self.events.chains:
+                    return self.events.fire("message-delivered", st, [s])
                 return None
             # §8.5.3.2.1: no such resource
             if mtype == "error":
@@ -222,79 +204,77 @@ class Router:
         if mtype == "error":
             # §8.5.2.1.1: an error message to a bare JID is silently dropped
             return None
-        resources = self.sessions.resources(to.bare)
+        resources = sessions.resources(to.bare)
         if resources:
             if mtype == "groupchat":
                 self.reply(st, st.error("service-unavailable"))
                 return None
-            targets = [s for s in resources.values() if s.available and s.priority >= 0]
-            if targets and mtype != "headline":
-                top = max(s.priority for s in targets)
-                targets = [s for s in targets if s.priority == top]
+            targets = message_targets(resources.values(), mtype)
             if targets:
-                if len(targets) == 1:
-                    targets[0].send(st.el)
-                else:
-                    data = serialize(st.el)
-                    for s in targets:
-                        s.send_data(data)
+                sessions.deliver_many(targets, st.el)
+                if "message-delivered" in self.events.chains:
+                    return self.events.fire("message-delivered", st, targets)
                 return None
         return self._undeliverable_message(st)
 
     async def _undeliverable_message(self, st: Stanza) -> None:
-        """§8.5.2.2 / §8.5.1: no available resource, or no such account: offline storage or error."""
+        """§8.5.2.2 / §8.5.1: no available resource, or no such account: ``delivery-failed`` (offline
+        storage), else an error."""
         to = st.to
         assert to is not None and to.local is not None
-        exists = await self.server.storage.accounts.exists(to.domain, to.local)
+        exists = await self._account_exists(to.domain, to.local)
         if exists and st.type in ("normal", "chat"):
-            handled = self.fire_stanza("message/offline", st)
-            if handled is not True and handled is not False:
-                handled = await handled  # type: ignore[misc]
+            handled = self.events.fold("delivery-failed", False, st)
+            if iscoroutine(handled):
+                handled = await handled
             if handled:
                 return
         if st.type in ("normal", "chat", "groupchat"):
             self.reply(st, st.error("service-unavailable"))
 
     # -- iq, RFC 6120 §8.2.3 / RFC 6121 §8.5 --------------------------------------------------
-    def _route_iq(self, st: Stanza, target: str) -> Awaitable | None:
+    def _route_iq(self, route: Route, table: HandlerTable, st: Stanza, target: str) -> Awaitable[Any] | None:
         itype = st.type
+        local = route.kind == LOCAL
         if itype == "get" or itype == "set":
-            payload = st.payload
-            if payload is None or len([c for c in st.el]) != 1:
+            el = st.el
+            if len(el) != 1:
                 # §8.2.3: exactly one payload child
                 self.reply(st, st.error("bad-request"))
                 return None
-            tag = payload.tag
+            tag = el[0].tag
             if tag[:1] == "{":
                 ns, _, name = tag[1:].partition("}")
             else:
                 ns, name = "jabber:client", tag
-            fn = self.iq.get((itype, ns, name, target))
+            fn = table.iq.get((itype, ns, name, target))
             if fn is not None:
                 return self.call_iq(fn, st)
-            if target == "full":
+            if target == "full" and local:
                 assert st.to is not None
                 s = self.sessions.get(st.to)
                 if s is not None:
-                    s.send(st.el)
+                    self.sessions.deliver(s, st.el)
                     return None
             self.reply(st, st.error("service-unavailable"))
             return None
         if itype in ("result", "error"):
-            if target == "full":
+            if target == "full" and local:
                 assert st.to is not None
                 s = self.sessions.get(st.to)
                 if s is not None:
-                    s.send(st.el)
+                    self.sessions.deliver(s, st.el)
                     return None
-            fut = self._pending_iq.pop(st.id or "", None)
-            if fut is not None and not fut.done():
-                fut.set_result(st)
-            return None  # a result nobody asked for is dropped (RFC 6120 §8.2.3)
+            # results to the server or a service: for the module that asked (``iq-result/host`` …);
+            # one nobody asked for is dropped (RFC 6120 §8.2.3)
+            handled = self.run_chain(table, "iq-" + itype + "/" + target, st)
+            if handled is not True and handled is not False:
+                return handled
+            return None
         self.reply(st, st.error("bad-request", "unknown iq type"))
         return None
 
-    def call_iq(self, fn: Handler, st: Stanza) -> Awaitable | None:
+    def call_iq(self, fn: Handler, st: Stanza) -> Awaitable[Any] | None:
         try:
             r = fn(st)
         except Exception as e:
@@ -306,7 +286,7 @@ class Router:
             self.reply(st, r)
         return None
 
-    async def _finish_iq(self, coro: Awaitable, st: Stanza) -> None:
+    async def _finish_iq(self, coro: Awaitable[Any], st: Stanza) -> None:
         try:
             r = await coro
         except Exception as e:
@@ -325,30 +305,12 @@ class Router:
         if st.type != "error":
             self.reply(st, st.error(exc))
 
-    async def request(self, el: Element, timeout: float = 30.0) -> Stanza:
-        """Send a server-originated iq and wait for its result/error (raises TimeoutError)."""
-        self._iq_counter += 1
-        iq_id = f"rk{self._iq_counter}"
-        el.set("id", iq_id)
-        fut = asyncio.get_running_loop().create_future()
-        self._pending_iq[iq_id] = fut
-        try:
-            r = self.send(el)
-            if r is not None:
-                await r
-            return await asyncio.wait_for(fut, timeout)
-        finally:
-            self._pending_iq.pop(iq_id, None)
-
-    # -- remote -------------------------------------------------------------------------------
-    def _route_remote(self, st: Stanza) -> Awaitable | None:
-        """Federation (s2s) is not part of this build: RFC 6120 §10.4.3 remote-server-not-found."""
+    # -- components and remote domains ------------------------------------------------------
+    def _forward(self, route: Route, st: Stanza) -> Awaitable[Any] | None:
+        fwd = route.forward
+        if fwd is not None:
+            return fwd(st)
+        # no federation: RFC 6120 §10.4.3 remote-server-not-found
         if st.type != "error" and not (st.kind == "presence" and st.type in ("unavailable", "probe")):
             self.reply(st, st.error("remote-server-not-found"))
         return None
-
-
-async def _gather_logged(event: str, coros: list) -> None:
-    for r in await asyncio.gather(*coros, return_exceptions=True):
-        if isinstance(r, BaseException):
-            log.error("async handler for %s failed", event, exc_info=r)

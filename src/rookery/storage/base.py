@@ -107,11 +107,65 @@ class OfflineStore(Protocol):
     async def count(self, host: str, user: str) -> int: ...
 
 
+@dataclass(slots=True)
+class ArchiveItem:
+    """One archived item: what XEP-0313 keeps per message (id, timestamp, remote party, stanza).
+
+    ``id``: opaque and random (XEP-0313: a server-assigned UID, unpredictable and unique within the
+    archive), unique within ``(store, host, user)`` and stable; usable as an XEP-0059 / XEP-0313 result
+    id.  ``when``: UNIX time in seconds.  ``with_``: the other party, a bare or full JID string, or None.
+    ``value``: the serialized payload (e.g. a stanza).
+    """
+
+    id: str
+    when: float
+    with_: str | None
+    value: str
+
+
+class ArchiveStore(Protocol):
+    """Time-ordered items per user: XEP-0313 message archives and modules' own archives.
+
+    ``store`` names the archive (e.g. "mam"); ``user`` may be "" for host-wide archives.  Items are
+    ordered by ``when``, then by insertion order (items appended with equal ``when`` keep their order).
+    """
+
+    async def append(
+        self, store: str, host: str, user: str, value: str, *, with_: str | None = None,
+        when: float | None = None,
+    ) -> str:
+        """Store one item (``when`` defaults to now); returns its id."""
+
+    async def query(
+        self, store: str, host: str, user: str, *, with_: str | None = None, start: float | None = None,
+        end: float | None = None, after: str | None = None, before: str | None = None,
+        limit: int | None = None, reverse: bool = False,
+    ) -> list[ArchiveItem]:
+        """Items in time order (oldest first; with ``reverse=True`` newest first, i.e. the last page).
+
+        Filters, as XEP-0313 queries need them: ``with_`` matches exactly or, when it is a bare JID,
+        any full JID of it ("a@b" matches "a@b" and "a@b/r"); ``start <= when <= end`` inclusive;
+        ``after``/``before`` are item ids, exclusive (an unknown id raises ``KeyError``; XEP-0059 §2.2,
+        §2.3).  At most ``limit`` items, counted from the start of the chosen order: with
+        ``reverse=True`` that is the last page (XEP-0059 §2.5), or with ``before=id`` the page just
+        before ``id`` (§2.3), newest first either way.
+        """
+
+    async def get(self, store: str, host: str, user: str, id: str) -> ArchiveItem | None: ...
+
+    async def delete(self, store: str, host: str, user: str, *, before: float | None = None) -> int:
+        """Delete the user's items in that store (only those with ``when < before`` when given);
+        returns how many."""
+
+    async def count(self, store: str, host: str, user: str) -> int: ...
+
+
 class Storage(Protocol):
     accounts: AccountStore
     roster: RosterStore
     kv: KeyValueStore
     offline: OfflineStore
+    archive: ArchiveStore
 
     async def open(self) -> None:
         """Connect and run migrations up to head (idempotent; safe when several processes open at once)."""

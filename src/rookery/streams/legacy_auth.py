@@ -2,33 +2,47 @@
 
 Only the plaintext ``<password/>`` method is offered: digest authentication needs the plaintext
 password on the server, and Rookery stores only SCRAM keys (XEP-0078 §3.2 lets a server omit it).
-Plaintext is accepted only where PLAIN would be (TLS, or the loopback test switch).
+Plaintext is accepted only where PLAIN would be (TLS, or the loopback test switch).  It logs in and
+binds in one step (a negotiator of the c2s stream, offered as the ``<auth/>`` feature, §4).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import Any, ClassVar
 from xml.etree.ElementTree import Element, SubElement
 
 from ..jid import InvalidJID, nodeprep, resourceprep
 from ..xml import ns
-
-if TYPE_CHECKING:
-    from .c2s import C2SStream
+from .auth_limits import AuthFailureLimiter
+from .negotiator import iq_error, iq_reply
+from .sasl_auth import CredentialSource, check_password
 
 _Q = "{%s}" % ns.IQ_AUTH
 
 
 class LegacyAuth:
-    def __init__(self, stream: C2SStream) -> None:
-        self.stream = stream
+    handles: ClassVar[tuple[str, ...]] = (_Q + "query",)
 
-    def handle(self, el: Element) -> Awaitable | None:
-        s = self.stream
-        if s.authenticated:
-            s._iq_error(el, "not-allowed", "already authenticated")
+    def __init__(self, creds: CredentialSource, limiter: AuthFailureLimiter, failure_delay: float) -> None:
+        self.creds = creds
+        self.limiter = limiter
+        self.failure_delay = failure_delay
+
+    def offer(self, stream: Any, features: Element) -> None:
+        if not stream.authenticated and (stream.transport.is_secure or not stream.settings.require_encryption):
+            SubElement(features, "{%s}auth" % ns.IQ_AUTH_FEATURE)
+
+    def handle(self, stream: Any, el: Element) -> Awaitable[Any] | None:
+        if el.tag != "iq":
+            stream.stream_error("unsupported-stanza-type")
+            return None
+        if stream.settings.require_encryption and not stream.transport.is_secure:
+            stream.stream_error("policy-violation", "encryption is required")
+            return None
+        if stream.authenticated:
+            stream.send(iq_error(el, "not-allowed", "already authenticated"))
             return None
         itype = el.get("type")
         q = el.find(_Q + "query")
@@ -39,42 +53,43 @@ class LegacyAuth:
             SubElement(reply, _Q + "username").text = (q.findtext(_Q + "username") or "").strip() or None
             SubElement(reply, _Q + "password")
             SubElement(reply, _Q + "resource")
-            s._reply_iq(el, reply)
+            stream.send(iq_reply(el, reply))
             return None
         if itype == "set":
-            return self._set(el, q)
-        s._iq_error(el, "bad-request")
+            return self._set(stream, el, q)
+        stream.send(iq_error(el, "bad-request"))
         return None
 
-    async def _set(self, el: Element, q: Element) -> None:
-        s = self.stream
+    async def _set(self, stream: Any, el: Element, q: Element) -> None:
         username = (q.findtext(_Q + "username") or "").strip()
         password = q.findtext(_Q + "password")
         resource = (q.findtext(_Q + "resource") or "").strip()
         if not username or not resource or password is None:
             # XEP-0078 §3.1 Example 6: required information not provided
-            s._iq_error(el, "not-acceptable", "username, password and resource are required")
+            stream.send(iq_error(el, "not-acceptable", "username, password and resource are required"))
             return
-        if not s.plain_allowed():
-            s._iq_error(el, "not-acceptable", "plaintext passwords need an encrypted connection")
+        if not stream.plain_allowed():
+            stream.send(iq_error(el, "not-acceptable", "plaintext passwords need an encrypted connection"))
             return
         try:
             user = nodeprep(username)
             resource = resourceprep(resource)
         except InvalidJID:
-            s._iq_error(el, "jid-malformed")
+            stream.send(iq_error(el, "jid-malformed"))
             return
-        limiter = s.server.auth_limiter
-        if limiter.blocked(s.transport.peer_ip):
-            s._iq_error(el, "resource-constraint", "too many failed logins from your address; try later")
+        peer = stream.transport.peer_ip
+        if self.limiter.blocked(peer):
+            stream.send(iq_error(el, "resource-constraint", "too many failed logins from your address; try later"))
             return
-        if not await s.check_password(user, password):
-            limiter.failed(s.transport.peer_ip)
-            await asyncio.sleep(s.cfg.auth_failure_delay)
-            s._iq_error(el, "not-authorized")
+        if not await check_password(self.creds, stream.local_domain, user, password):
+            self.limiter.failed(peer)
+            await asyncio.sleep(self.failure_delay)
+            stream.send(iq_error(el, "not-authorized"))
             return
-        if s.closed:
+        if stream.closed:
             return
-        s.username = user
-        s.bind_resource(resource)
-        s._reply_iq(el)
+        stream.username = user
+        stream.authenticated = True
+        stream.auth_info["mechanism"] = "jabber:iq:auth"
+        if stream.bind(resource) is not None:
+            stream.send(iq_reply(el))

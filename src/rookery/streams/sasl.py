@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import os
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 from scramp import ScramException, ScramMechanism
@@ -79,12 +78,6 @@ def parse_scram_username(client_first: str) -> str:
             except InvalidJID:
                 return ""
     raise SASLFailure("malformed-request")
-
-
-@dataclass
-class SASLResult:
-    username: str
-    authzid: str | None = None
 
 
 _FAKE_SALT = secrets.token_bytes(16)

@@ -53,7 +53,8 @@ class Flusher:
 
 
 class StreamProtocol(asyncio.Protocol):
-    """Carries bytes between a socket and a stream state machine built by ``stream_factory``."""
+    """Carries bytes between a socket and a stream state machine built by ``stream_factory``: the TCP
+    ``Transport`` of ``streams.transport``."""
 
     __slots__ = ("transport", "stream", "_out", "_factory", "is_secure", "ssl_context", "peer_ip",
                  "is_loopback", "cb_data", "_closing", "_upgrading", "_flusher", "_held", "_limit",
@@ -160,7 +161,11 @@ class StreamProtocol(asyncio.Protocol):
         if self.stream is not None:
             self.stream.connection_lost()
 
-    # for the stream -------------------------------------------------------------------------
+    # the Transport protocol (streams.transport) ---------------------------------------------
+    @property
+    def can_starttls(self) -> bool:
+        return self.ssl_context is not None and not self.is_secure
+
     def write(self, data: bytes) -> None:
         if self._closing:
             return
@@ -214,14 +219,6 @@ class StreamProtocol(asyncio.Protocol):
         held, self._held = self._held, []
         for data in held:
             self._deliver(data)
-
-    def tls_info(self) -> dict[str, str | None]:
-        if self.transport is None:
-            return {}
-        obj = self.transport.get_extra_info("ssl_object")
-        if obj is None:
-            return {}
-        return {"version": obj.version(), "cipher": (obj.cipher() or ("",))[0], "alpn": obj.selected_alpn_protocol()}
 
 
 def parse_listen(spec: str) -> tuple[str | None, int]:

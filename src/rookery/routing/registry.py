@@ -1,0 +1,164 @@
+"""Who is online where: the session registry (RFC 6120 §7, RFC 6121 §8).
+
+The router and modules see sessions only as ``SessionRef``s — the full JID, priority, availability,
+last presence, "interested" flag and *where the session lives* — and deliver through the registry
+(``deliver(ref, element)``), never by touching a stream or a socket.  Today every session lives in
+this process (``LocalSessionRegistry``, ``where == "local"``); a registry shared by worker processes or
+nodes (Redis) implements the same ``SessionRegistry`` protocol and forwards ``deliver`` to where the
+session is.
+
+One dict lookup finds a full JID; one more the resources of a bare JID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+from xml.etree.ElementTree import Element
+
+from ..jid import JID
+from ..xml.serializer import serialize
+
+
+class SessionRef(Protocol):
+    """A bound resource as the router and modules see it."""
+
+    @property
+    def jid(self) -> JID: ...  # full JID
+
+    @property
+    def priority(self) -> int: ...  # RFC 6121 §4.7.2.3, from the last available presence
+
+    @property
+    def available(self) -> bool: ...  # initial presence sent, not gone unavailable (RFC 6121 §4.2)
+
+    @property
+    def presence(self) -> Element | None: ...  # the last available presence broadcast
+
+    @property
+    def interested(self) -> bool: ...  # requested the roster (RFC 6121 §2.1.6 "interested resource")
+
+    @property
+    def where(self) -> str: ...  # "local", or the worker/node that holds it
+
+    @property
+    def ext(self) -> dict[str, Any]: ...  # per-module state, kept where the session lives
+
+
+class LocalEndpoint(SessionRef, Protocol):
+    """A session in this process (``streams.session.Session``)."""
+
+    ended: bool
+
+    def send(self, el: Element) -> None: ...
+
+    def send_data(self, data: str, el: Element | None = None) -> None: ...
+
+    def close(self, condition: str | None = None, text: str | None = None) -> None: ...
+
+
+class SessionRegistry(Protocol):
+    def add(self, session: Any) -> SessionRef | None:
+        """Register; returns the session that had this full JID (to be closed with ``<conflict/>``)."""
+        ...
+
+    def remove(self, ref: SessionRef) -> bool:
+        """Unregister (only if still the registered one); True when it was."""
+        ...
+
+    def get(self, jid: JID) -> SessionRef | None: ...
+
+    def resources(self, bare: str) -> dict[str, SessionRef]: ...
+
+    def count(self) -> int: ...
+
+    def all(self) -> list[SessionRef]: ...
+
+    def update(self, ref: SessionRef, **state: Any) -> None:
+        """Change a session's routing state (``priority``, ``available``, ``presence``, ``interested``)."""
+        ...
+
+    def deliver(self, ref: SessionRef, el: Element) -> None: ...
+
+    def deliver_many(self, refs: list[SessionRef], el: Element) -> None:
+        """To several sessions, serialized once when no outbound filter is installed."""
+        ...
+
+    def close(self, ref: SessionRef, condition: str | None = None, text: str | None = None) -> None: ...
+
+
+_STATE = frozenset(("priority", "available", "presence", "interested"))
+
+
+class LocalSessionRegistry:
+    """bare JID string -> resource -> session, all in this process."""
+
+    __slots__ = ("_by_bare", "_filters", "on_detached_close")
+
+    def __init__(self, filters: list[Any] | None = None) -> None:
+        self._by_bare: dict[str, dict[str, Any]] = {}
+        self._filters: list[Any] = filters if filters is not None else []
+        #: called for ``close`` of a session no stream carries (the server ends it)
+        self.on_detached_close: Callable[[Any], None] | None = None
+
+    def add(self, session: Any) -> SessionRef | None:
+        jid: JID = session.jid
+        assert jid.resource is not None
+        res = self._by_bare.setdefault(jid.bare, {})
+        old = res.get(jid.resource)
+        res[jid.resource] = session
+        return old if old is not session else None
+
+    def remove(self, ref: SessionRef) -> bool:
+        jid = ref.jid
+        res = self._by_bare.get(jid.bare)
+        if res is None or res.get(jid.resource or "") is not ref:
+            return False
+        del res[jid.resource or ""]
+        if not res:
+            del self._by_bare[jid.bare]
+        return True
+
+    def get(self, jid: JID) -> SessionRef | None:
+        res = self._by_bare.get(jid.bare)
+        if res is None or jid.resource is None:
+            return None
+        return res.get(jid.resource)
+
+    def resources(self, bare: str) -> dict[str, SessionRef]:
+        return self._by_bare.get(bare) or {}
+
+    def has_resource(self, bare: str, resource: str) -> bool:
+        res = self._by_bare.get(bare)
+        return res is not None and resource in res
+
+    def all(self) -> list[SessionRef]:
+        return [s for res in self._by_bare.values() for s in res.values()]
+
+    def count(self) -> int:
+        return sum(len(r) for r in self._by_bare.values())
+
+    def update(self, ref: SessionRef, **state: Any) -> None:
+        for k, v in state.items():
+            if k not in _STATE:
+                raise AttributeError(f"not a session routing attribute: {k}")
+            setattr(ref, k, v)
+
+    def deliver(self, ref: SessionRef, el: Element) -> None:
+        ref.send(el)  # type: ignore[attr-defined]
+
+    def deliver_many(self, refs: list[SessionRef], el: Element) -> None:
+        if len(refs) == 1 or self._filters:
+            for r in refs:
+                r.send(el)  # type: ignore[attr-defined]
+            return
+        data = serialize(el)
+        for r in refs:
+            r.send_data(data, el)  # type: ignore[attr-defined]
+
+    def close(self, ref: SessionRef, condition: str | None = None, text: str | None = None) -> None:
+        s: Any = ref
+        if s.stream is not None:
+            s.close(condition, text)
+        elif self.on_detached_close is not None:
+            self.on_detached_close(s)

@@ -1,0 +1,65 @@
+"""Stream negotiators (RFC 6120 §4.3): STARTTLS, SASL, resource binding … each is a small object the
+stream runs, not a method of the stream.  A negotiator offers its stream features while it applies and
+handles the top-level elements it names (by qualified name; for an ``<iq/>`` by its payload's name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, ClassVar, Protocol
+from xml.etree.ElementTree import Element
+
+from ..jid import JID
+from ..stanza import StanzaError
+from .transport import Transport
+
+
+class NegotiatingStream(Protocol):
+    """What negotiators use of the c2s stream."""
+
+    transport: Transport
+    local_domain: str
+    closed: bool
+    authenticated: bool
+    username: str | None
+
+    @property
+    def settings(self) -> Any: ...
+
+    def send(self, el: Element) -> None: ...
+
+    def stream_error(self, condition: str, text: str | None = None) -> None: ...
+
+    def restart(self) -> None: ...
+
+    def plain_allowed(self) -> bool: ...
+
+    def bind(self, resource: str | None) -> JID | None: ...
+
+
+class Negotiator(Protocol):
+    #: qualified names of the elements it handles (``{ns}name``; for iq stanzas, the payload's)
+    handles: ClassVar[tuple[str, ...]]
+
+    def offer(self, stream: Any, features: Element) -> None:
+        """Add this negotiator's features when it applies now (RFC 6120 §4.3.2)."""
+        ...
+
+    def handle(self, stream: Any, el: Element) -> Awaitable[Any] | None: ...
+
+
+def iq_reply(el: Element, *children: Element) -> Element:
+    """An iq result to a negotiation iq (no addresses: the stream is not bound yet)."""
+    r = Element("iq", type="result")
+    if el.get("id") is not None:
+        r.set("id", el.get("id", ""))
+    r.extend(children)
+    return r
+
+
+def iq_error(el: Element, condition: str, text: str | None = None) -> Element:
+    r = Element("iq", type="error")
+    if el.get("id") is not None:
+        r.set("id", el.get("id", ""))
+    r.append(StanzaError(condition, text).to_element())
+    return r
