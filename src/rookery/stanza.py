@@ -6,14 +6,11 @@ session it came from.  Replies are built with ``result()`` / ``error()``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from xml.etree.ElementTree import Element, SubElement
 
 from .jid import JID
 from .xml import ns
-
-if TYPE_CHECKING:
-    pass
 
 # RFC 6120 §8.3.3: each defined condition with its usual error type.
 ERROR_TYPES = {
@@ -73,7 +70,8 @@ class StanzaError(Exception):
 class Stanza:
     """A routed stanza.  ``kind`` is "message" | "presence" | "iq"; ``type`` defaults per RFC 6120 §8.2.
 
-    ``origin`` is the session object it came from (None for server-generated stanzas).  ``no_to`` is
+    ``origin`` is the ``SessionRef`` of the session it came from (None for server-generated stanzas
+    and, later, for stanzas from other servers).  ``no_to`` is
     True when the sender omitted ``to`` (replies then omit ``from``, RFC 6120 §8.1.2.1).
     """
 
