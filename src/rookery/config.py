@@ -168,9 +168,19 @@ class Config(_Section):
         checked against each module's typed ``Options``."""
         from .modules import ModuleLoadError, load_module_class
 
+        # modules named "package.module:Class" take their options under their class's name
+        by_name: dict[str, Any] = {}
+        for entry in {*self.modules, *(m for vh in self.vhosts.values() for m in vh.modules or [])}:
+            if ":" in entry:
+                try:
+                    c = load_module_class(entry)
+                except ModuleLoadError as e:
+                    raise ValueError(f"modules: {e}") from None
+                by_name[c.name] = c
+
         def check_options(where: str, name: str, opts: dict[str, Any]) -> None:
             try:
-                cls = load_module_class(name)
+                cls = by_name[name] if name in by_name else load_module_class(name)
             except ModuleLoadError as e:
                 raise ValueError(f"{where}: {e}") from None
             try:
@@ -181,12 +191,6 @@ class Config(_Section):
                 msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
                 raise ValueError(f"{where}{'.' + key if key else ''}: {msg}") from None
 
-        for m in self.modules:
-            if ":" in m:
-                try:
-                    load_module_class(m)
-                except ModuleLoadError as e:
-                    raise ValueError(f"modules: {e}") from None
         for name in self.module_options:
             check_options(f"modules.{name}", name, self.options_of(name))
         for domain, vh in self.vhosts.items():

@@ -53,7 +53,7 @@ class ControlServer:
                 await self.server.user_deleted(str(req["host"]), str(req["user"]))
                 resp: dict[str, object] = {"ok": True}
             elif op == "status":
-                resp = {"ok": True, "sessions": self.server.router.sessions.count()}
+                resp = {"ok": True, "sessions": self.server.sessions.count()}
             else:
                 resp = {"ok": False, "error": "unknown op"}
         except Exception as e:  # a bad request must never hurt the server

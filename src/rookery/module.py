@@ -150,8 +150,8 @@ class Catalog(Protocol):
 
     def account_features(self, host: str) -> list[str]: ...
 
-    def services(self, host: str) -> list[tuple[str, str]]:
-        """(service domain, module name) of the internal services under ``host``."""
+    def services(self, host: str) -> list[tuple[str, str, str | None]]:
+        """(service domain, module name, display name) of the internal services under ``host``."""
         ...
 
 
@@ -207,10 +207,10 @@ class ModuleContext:
         return self._keep(self._registrar.hook(self, event, fn, priority, on))
 
     def filter(self, fn: Callable[..., Any], priority: int = 0) -> Handle:
-        return self._keep(self._registrar.filter(fn, priority))
+        return self._keep(self._registrar.filter(self, fn, priority))
 
     def element(self, qualified_name: str, fn: Callable[..., Any]) -> Handle:
-        return self._keep(self._registrar.element(qualified_name, fn))
+        return self._keep(self._registrar.element(self, qualified_name, fn))
 
     def fire(self, event: str, *args: Any) -> Awaitable[None] | None:
         """Fire a server-wide event (an awaitable when some handler was async)."""
@@ -244,9 +244,9 @@ class Registrar(Protocol):
 
     def hook(self, ctx: ModuleContext, event: str, fn: Callable[..., Any], priority: int, on: str) -> Handle: ...
 
-    def filter(self, fn: Callable[..., Any], priority: int) -> Handle: ...
+    def filter(self, ctx: ModuleContext, fn: Callable[..., Any], priority: int) -> Handle: ...
 
-    def element(self, qualified_name: str, fn: Callable[..., Any]) -> Handle: ...
+    def element(self, ctx: ModuleContext, qualified_name: str, fn: Callable[..., Any]) -> Handle: ...
 
     def fire(self, event: str, *args: Any) -> Awaitable[None] | None: ...
 
@@ -265,7 +265,9 @@ class Module:
     account_features: ClassVar[list[str]] = []
     #: disco#info identities of the server: (category, type, name)
     identities: ClassVar[list[tuple[str, str, str | None]]] = []
-    #: modules this one needs loaded first (on the same domains)
+    #: modules this one needs loaded first (on the same domains).  A module enabled on some domains
+    #: only gets the server-wide events about those domains (and its filters and stream element
+    #: handlers apply to their sessions only)
     depends: ClassVar[list[str]] = []
     #: services this module offers to others (``ctx.service(name)`` returns the module instance)
     provides: ClassVar[list[str]] = []
@@ -274,7 +276,8 @@ class Module:
     #: an internal service on a subdomain of each enabled domain (e.g. "conference" for
     #: ``conference.D``); its ``on="service"`` handlers go to that route's own handler table
     subdomain: ClassVar[str | None] = None
-    #: disco identity of the service domain: (category, type, name)
+    #: disco identity of the service domain: (category, type, name); its name labels the service in
+    #: the parent domain's disco#items (the service answers disco#info itself, ``on="service"``)
     service_identity: ClassVar[tuple[str, str, str | None] | None] = None
 
     def __init__(self, ctx: ModuleContext) -> None:

@@ -27,6 +27,38 @@ from .storage.views import ModuleStores
 log = logging.getLogger(__name__)
 
 
+#: the domain a server-wide event is about, from its arguments (a fold's value comes first)
+_HOST_OF: dict[str, Callable[..., str | None]] = {
+    "stream-features": lambda _v, stream: stream.local_domain,
+    "delivery-failed": lambda _v, st: st.to.domain if st.to is not None else None,
+    "disco-items": lambda _v, host: host,
+    "disco-forms": lambda _v, host: host,
+    "session-stream-lost": lambda _v, session: session.jid.domain,
+    "session-bound": lambda session: session.jid.domain,
+    "session-ended": lambda session: session.jid.domain,
+    "initial-presence": lambda session: session.jid.domain,
+    "message-delivered": lambda st, _targets: st.to.domain if st.to is not None else None,
+    "user-deleted": lambda host, _user: host,
+}
+FOLD_EVENTS = frozenset(("stream-features", "delivery-failed", "disco-items", "disco-forms", "session-stream-lost"))
+
+
+def _scoped(event: str, fn: Callable[..., Any], hosts: frozenset[str]) -> Callable[..., Any]:
+    """``fn`` for a module enabled on some domains only: it runs for events about those domains;
+    for others a fold passes its value through and a plain event is ignored."""
+    host_of = _HOST_OF.get(event)
+    if host_of is None:
+        return fn
+    is_fold = event in FOLD_EVENTS
+
+    def scoped(*args: Any) -> Any:
+        if host_of(*args) in hosts:
+            return fn(*args)
+        return args[0] if is_fold else None
+
+    return scoped
+
+
 def _combined(handles: list[Handle], what: str) -> Handle:
     def undo() -> None:
         for h in handles:
@@ -53,11 +85,12 @@ class ModuleCatalog:
     def account_features(self, host: str) -> list[str]:
         return [f for m in self._mods(host) for f in m.account_features]
 
-    def services(self, host: str) -> list[tuple[str, str]]:
+    def services(self, host: str) -> list[tuple[str, str, str | None]]:
         out = []
         for m in self._mods(host):
             if m.subdomain:
-                out.append((f"{m.subdomain}.{host}", m.name))
+                label = m.service_identity[2] if m.service_identity else None
+                out.append((f"{m.subdomain}.{host}", m.name, label))
         return out
 
 
@@ -115,7 +148,9 @@ class ModuleManager:
         """Instantiate and register (not started: ``start_module`` does both).  ``name`` is a module
         name (built-in, entry point, "package.module:Class") or a ``Module`` class."""
         cls: type[Module] = load_module_class(name) if isinstance(name, str) else name
-        name = cls.name if not isinstance(name, str) else name
+        name = cls.name  # a module's identity (registry, options, stores) is its class's name
+        if not name:
+            raise ValueError(f"module class {cls.__qualname__} has no name")
         if name in self.modules:
             raise ValueError(f"module {name} is already loaded")
         for dep in cls.depends:
@@ -129,20 +164,25 @@ class ModuleManager:
                             catalog=self.catalog, registrar=self, services=self.services,
                             started_at=self.started_at)
         mod = cls(ctx)
-        if cls.subdomain:
-            self._add_service_routes(mod)
-        d = mod.declared()
-        for key, on, fn in d.iqs:
-            ctx.iq(*key[:3], fn, to=key[3], on=on)
-        for event, prio, on, fn in d.hooks:
-            ctx.hook(event, fn, prio, on)
-        for prio, fn in d.filters:
-            ctx.filter(fn, prio)
-        for qn, fn in d.elements:
-            ctx.element(qn, fn)
         for svc in cls.provides:
             if svc in self.services:
                 raise ValueError(f"two modules provide service {svc}")
+        try:
+            if cls.subdomain:
+                self._add_service_routes(mod)
+            d = mod.declared()
+            for key, on, fn in d.iqs:
+                ctx.iq(*key[:3], fn, to=key[3], on=on)
+            for event, prio, on, fn in d.hooks:
+                ctx.hook(event, fn, prio, on)
+            for prio, fn in d.filters:
+                ctx.filter(fn, prio)
+            for qn, fn in d.elements:
+                ctx.element(qn, fn)
+        except Exception:
+            self._unregister(mod)  # a module that cannot load leaves nothing behind
+            raise
+        for svc in cls.provides:
             self.services[svc] = mod
         self.modules[name] = mod
         return mod
@@ -211,16 +251,39 @@ class ModuleManager:
     def iq(self, ctx: ModuleContext, key: tuple[str, str, str, str], fn: Callable[..., Any], on: str) -> Handle:
         return _combined([t.add_iq(key, fn) for t in self._tables(ctx, on)], f"iq {key} of {ctx.name}")
 
+    def _partial(self, ctx: ModuleContext) -> frozenset[str] | None:
+        """The module's domains when it is not enabled on every served domain."""
+        hosts = frozenset(ctx.hosts)
+        return None if hosts >= frozenset(self.config.domains) else hosts
+
     def hook(self, ctx: ModuleContext, event: str, fn: Callable[..., Any], priority: int, on: str) -> Handle:
         if is_stanza_event(event):
             return _combined([t.add_hook(event, fn, priority) for t in self._tables(ctx, on)],
                              f"hook {event} of {ctx.name}")
-        return self.events.on(event, fn, priority)
+        hosts = self._partial(ctx)
+        return self.events.on(event, fn if hosts is None else _scoped(event, fn, hosts), priority)
 
-    def filter(self, fn: Callable[..., Any], priority: int) -> Handle:
+    def filter(self, ctx: ModuleContext, fn: Callable[..., Any], priority: int) -> Handle:
+        hosts = self._partial(ctx)
+        if hosts is not None:
+            inner = fn
+
+            def fn(session: Any, el: Any) -> Any:
+                return inner(session, el) if session.jid.domain in hosts else el
+
         return self.events.add_filter(fn, priority)
 
-    def element(self, qualified_name: str, fn: Callable[..., Any]) -> Handle:
+    def element(self, ctx: ModuleContext, qualified_name: str, fn: Callable[..., Any]) -> Handle:
+        hosts = self._partial(ctx)
+        if hosts is not None:
+            inner = fn
+
+            def fn(stream: Any, el: Any) -> Any:
+                if stream.local_domain in hosts:
+                    return inner(stream, el)
+                stream.stream_error("unsupported-stanza-type")
+                return None
+
         if qualified_name in self.elements:
             raise ValueError(f"two handlers for stream element {qualified_name}")
         self.elements[qualified_name] = fn

@@ -30,7 +30,7 @@ from .streams.auth_limits import AuthFailureLimiter
 from .streams.bind import Bind
 from .streams.c2s import C2SStream, ElementHandler
 from .streams.legacy_auth import LegacyAuth
-from .streams.negotiator import Negotiator
+from .streams.negotiator import Negotiator, Negotiators
 from .streams.sasl_auth import SASLAuth
 from .streams.session import Session
 from .streams.starttls import StartTLS
@@ -69,6 +69,7 @@ class Server:
         self._framer = StreamFramer()
         c = config.c2s
         self._limits = StreamLimits(c.max_stanza_size, c.max_depth, c.handshake_timeout)
+        self._c2s_negotiators: Negotiators | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -121,11 +122,14 @@ class Server:
     def new_c2s_stream(self, transport: Any, framer: Any = None) -> C2SStream:
         """A c2s stream on ``transport`` (any ``Transport``; the RFC 6120 framer unless given)."""
         c = self.config.c2s
-        negotiators: list[Negotiator] = [StartTLS(), SASLAuth(self.storage.accounts, self.auth_limiter,
-                                                              c.auth_failure_delay)]
-        if c.legacy_auth:
-            negotiators.append(LegacyAuth(self.storage.accounts, self.auth_limiter, c.auth_failure_delay))
-        negotiators.append(Bind())
+        negotiators = self._c2s_negotiators
+        if negotiators is None:  # built once: negotiators are stateless, shared by every stream
+            order: list[Negotiator] = [StartTLS(), SASLAuth(self.storage.accounts, self.auth_limiter,
+                                                            c.auth_failure_delay)]
+            if c.legacy_auth:
+                order.append(LegacyAuth(self.storage.accounts, self.auth_limiter, c.auth_failure_delay))
+            order.append(Bind())
+            negotiators = self._c2s_negotiators = Negotiators(order)
         return C2SStream(self, transport, framer or self._framer, c, self._limits, negotiators,
                          accept_pre_1_0=c.legacy_auth)
 
@@ -189,12 +193,15 @@ class Server:
         """RFC 6120 §7: a new session for ``username@domain/resource``, attached to ``stream``;
         §7.7.2.2: a session that had this full JID is closed with ``<conflict/>``."""
         jid = JID(username, stream.local_domain, resource, _norm=False)
-        auth = dict(stream.auth_info, ip=stream.transport.peer_ip, secure=stream.transport.is_secure)
+        auth = stream.auth_info if stream.auth_info is not None else {}
+        auth["ip"] = stream.transport.peer_ip
+        auth["secure"] = stream.transport.is_secure
         session = Session(jid, self.events.filters, auth)
         old = self.sessions.add(session)
         if old is not None:
             self.sessions.close(old, "conflict", "replaced by a new session")
-        session.attach(stream)
+        # not attached yet: the stream attaches it once the bind result is written, so whatever is
+        # routed to it meanwhile (a replaced session's queue, session-bound handlers) follows the result
         r = self.events.fire("session-bound", session)
         if r is not None:
             self.tasks.spawn(r)
@@ -216,7 +223,20 @@ class Server:
         if keep is True:
             session.detach()
             return
+        if isawaitable(keep):  # an async handler decides: detached until it has
+            session.detach()
+            self.tasks.spawn(self._keep_or_end(session, keep))
+            return
         self.end_session(session)
+
+    async def _keep_or_end(self, session: Session, keep: Awaitable[Any]) -> None:
+        try:
+            kept = await keep
+        except Exception:
+            log.exception("session-stream-lost handler failed")
+            kept = False
+        if kept is not True and session.stream is None:
+            self.end_session(session)
 
     def spawn(self, coro: Awaitable[Any]) -> Any:
         return self.tasks.spawn(coro)

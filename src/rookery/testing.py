@@ -105,7 +105,7 @@ class RunningServer:
         return f"{name}@{self.domain}", password
 
     def session_count(self) -> int:
-        return self.call_sync(self.server.router.sessions.count)
+        return self.call_sync(self.server.sessions.count)
 
     def stop(self) -> None:
         try:

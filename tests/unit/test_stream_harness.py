@@ -16,6 +16,7 @@ from rookery.stanza import Stanza
 from rookery.streams.auth_limits import AuthFailureLimiter
 from rookery.streams.bind import Bind
 from rookery.streams.c2s import C2SStream
+from rookery.streams.negotiator import Negotiators
 from rookery.streams.sasl import make_credentials
 from rookery.streams.sasl_auth import SASLAuth
 from rookery.streams.session import Session
@@ -163,7 +164,7 @@ class FakeHost:
 def new_stream(host: FakeHost, transport: MemoryTransport | None = None,
                limits: StreamLimits | None = None) -> tuple[C2SStream, MemoryTransport]:
     t = transport or MemoryTransport()
-    negotiators = [StartTLS(), SASLAuth(host, AuthFailureLimiter(100, 60), 0.01), Bind()]
+    negotiators = Negotiators([StartTLS(), SASLAuth(host, AuthFailureLimiter(100, 60), 0.01), Bind()])
     s = C2SStream(host, t, StreamFramer(), Settings(), limits or StreamLimits(), negotiators)
     t.stream = s
     return s, t

@@ -146,7 +146,12 @@ class Disco(Module):
 
     def items(self, host: str) -> list[Element]:
         """The server's disco#items: its internal services, then the ``disco-items`` fold."""
-        out: list[Element] = [Element(_ITEM, jid=domain) for domain, _name in self.ctx.catalog.services(host)]
+        out: list[Element] = []
+        for domain, _module, label in self.ctx.catalog.services(host):
+            item = Element(_ITEM, jid=domain)
+            if label:
+                item.set("name", label)
+            out.append(item)
         for entry in self.ctx.fold("disco-items", [], host):
             if isinstance(entry, Element):
                 out.append(entry)

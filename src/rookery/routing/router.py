@@ -47,6 +47,9 @@ class Router:
         self.events = events
         self.tasks = tasks
         self._account_exists = account_exists
+        # hot path: the route of a domain is one dict lookup, no method call
+        self._by_domain = routes.by_domain
+        self._remote = routes.remote
 
     def spawn(self, aw: Awaitable[Any]) -> Any:
         return self.tasks.spawn(aw)
@@ -96,7 +99,7 @@ class Router:
         ``pre-<kind>`` chain, then route."""
         frm = st.from_
         assert frm is not None
-        table = self.routes.get(frm.domain).table
+        table = (self._by_domain.get(frm.domain) or self._remote).table
         if table is not None:
             handled = self.run_chain(table, "pre-" + st.kind, st)
             if handled is True:
@@ -138,7 +141,7 @@ class Router:
         to = st.to
         if to is None:
             return None
-        route = self.routes.get(to.domain)
+        route = self._by_domain.get(to.domain) or self._remote
         table = route.table
         if table is None:
             return self._forward(route, st)

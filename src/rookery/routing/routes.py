@@ -50,7 +50,12 @@ class RouteTable:
 
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
-        self.remote = Route("", REMOTE)
+        self.remote = Route("", REMOTE)  # mutated in place by set_remote: it is never replaced
+
+    @property
+    def by_domain(self) -> dict[str, Route]:
+        """The table itself (read only): the router's hot path looks domains up here directly."""
+        return self._routes
 
     def get(self, domain: str) -> Route:
         return self._routes.get(domain) or self.remote

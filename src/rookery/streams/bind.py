@@ -7,7 +7,7 @@ from collections.abc import Awaitable
 from typing import Any, ClassVar
 from xml.etree.ElementTree import Element, SubElement
 
-from ..jid import InvalidJID, resourceprep
+from ..jid import JID, InvalidJID, resourceprep
 from ..xml import ns
 from .negotiator import iq_error, iq_reply
 
@@ -49,10 +49,10 @@ class Bind:
                 return None
         else:
             resource = "rookery-" + secrets.token_hex(6)
-        jid = stream.bind(resource)
-        if jid is None:
-            return None
-        reply = Element(_BIND)
-        SubElement(reply, "{%s}jid" % ns.BIND).text = jid.full
-        stream.send(iq_reply(el, reply))
+        def reply(jid: JID) -> Element:
+            b = Element(_BIND)
+            SubElement(b, "{%s}jid" % ns.BIND).text = jid.full
+            return iq_reply(el, b)
+
+        stream.bind(resource, reply)
         return None

@@ -22,7 +22,7 @@ from xml.etree.ElementTree import Element
 from ..jid import JID, InvalidJID
 from ..stanza import Stanza
 from ..xml import ns
-from .negotiator import Negotiator
+from .negotiator import Negotiators
 from .session import Session
 from .transport import Framer, Transport
 from .xmlstream import StreamLimits, XMLStream
@@ -57,7 +57,8 @@ class C2SHost(Protocol):
         ...
 
     def bind(self, stream: C2SStream, username: str, resource: str) -> Session:
-        """Create, register and attach the session (RFC 6120 §7.7.2.2: an existing one is replaced)."""
+        """Create and register the session (RFC 6120 §7.7.2.2: an existing one is replaced); the
+        stream attaches it after writing the bind result."""
         ...
 
     def route(self, st: Stanza) -> Awaitable[Any] | None:
@@ -76,20 +77,25 @@ class C2SHost(Protocol):
 class C2SStream(XMLStream):
     """One client connection.  After binding it carries a ``Session``."""
 
+    __slots__ = ("host", "settings", "authenticated", "username", "session", "auth_info", "sasl",
+                 "accept_pre_1_0", "_pre_1_0", "_negotiators")
+
     content_ns = ns.CLIENT
 
     def __init__(self, host: C2SHost, transport: Transport, framer: Framer, settings: C2SSettings,
-                 limits: StreamLimits, negotiators: list[Negotiator], accept_pre_1_0: bool = False) -> None:
+                 limits: StreamLimits, negotiators: Negotiators, accept_pre_1_0: bool = False) -> None:
         self.host = host
         self.settings = settings
         self.authenticated = False
         self.username: str | None = None
         self.session: Session | None = None
-        self.auth_info: dict[str, Any] = {}
+        #: how the stream authenticated (mechanism …), for operators; set by the negotiator
+        self.auth_info: dict[str, Any] | None = None
+        #: the SASL negotiation in progress (``sasl_auth.SASLState``)
+        self.sasl: Any = None
         self.accept_pre_1_0 = accept_pre_1_0
         self._pre_1_0 = False
         self._negotiators = negotiators
-        self._negotiation: dict[str, Negotiator] = {t: n for n in negotiators for t in n.handles}
         super().__init__(transport, framer, limits, host.spawn)
         host.stream_started(self)
 
@@ -132,7 +138,7 @@ class C2SStream(XMLStream):
         if self._pre_1_0:
             return None
         f = Element("{%s}features" % ns.STREAM)
-        for n in self._negotiators:
+        for n in self._negotiators.order:
             n.offer(self, f)
         if not self.authenticated:
             return f
@@ -173,7 +179,7 @@ class C2SStream(XMLStream):
             for child in el:
                 key = child.tag
                 break
-        n = self._negotiation.get(key)
+        n = self._negotiators.table.get(key)
         if n is not None:
             return n.handle(self, el)
         if tag in _STANZA_KINDS:
@@ -221,13 +227,19 @@ class C2SStream(XMLStream):
         return self.host.route(Stanza(el, jid, to, session, no_to))
 
     # -- binding, RFC 6120 §7 ----------------------------------------------------------------
-    def bind(self, resource: str) -> JID | None:
-        """Create and attach the session; None when the stream closed meanwhile."""
+    def bind(self, resource: str, reply: Callable[[JID], Element] | None = None) -> JID | None:
+        """RFC 6120 §7: create the session, write the bind result (built by ``reply`` from the
+        bound JID), then attach the session, so that what was routed to it meanwhile follows the
+        result.  None when the stream closed meanwhile."""
         if self.closed or self.username is None:
             return None
-        self.session = self.host.bind(self, self.username, resource)
+        session = self.host.bind(self, self.username, resource)
+        self.session = session
         self.cancel_timeout()
-        return self.session.jid
+        if reply is not None:
+            self.send(reply(session.jid))
+        session.attach(self)
+        return session.jid
 
     def resume(self, session: Session) -> None:
         """Carry an existing, detached session of the account authenticated on this stream

@@ -90,6 +90,5 @@ class LegacyAuth:
             return
         stream.username = user
         stream.authenticated = True
-        stream.auth_info["mechanism"] = "jabber:iq:auth"
-        if stream.bind(resource) is not None:
-            stream.send(iq_reply(el))
+        stream.auth_info = {"mechanism": "jabber:iq:auth"}
+        stream.bind(resource, lambda _jid: iq_reply(el))

@@ -5,7 +5,7 @@ handles the top-level elements it names (by qualified name; for an ``<iq/>`` by 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Protocol
 from xml.etree.ElementTree import Element
 
@@ -34,10 +34,12 @@ class NegotiatingStream(Protocol):
 
     def plain_allowed(self) -> bool: ...
 
-    def bind(self, resource: str | None) -> JID | None: ...
+    def bind(self, resource: str, reply: Callable[[JID], Element] | None = None) -> JID | None: ...
 
 
 class Negotiator(Protocol):
+    """Stateless, shared by every stream of a kind: per-stream state lives on the stream."""
+
     #: qualified names of the elements it handles (``{ns}name``; for iq stanzas, the payload's)
     handles: ClassVar[tuple[str, ...]]
 
@@ -46,6 +48,22 @@ class Negotiator(Protocol):
         ...
 
     def handle(self, stream: Any, el: Element) -> Awaitable[Any] | None: ...
+
+
+class Negotiators:
+    """The negotiators of one stream kind, in feature order, and the table of what each handles
+    (built once, shared by every stream)."""
+
+    __slots__ = ("order", "table")
+
+    def __init__(self, negotiators: list[Negotiator]) -> None:
+        self.order = tuple(negotiators)
+        self.table: dict[str, Negotiator] = {}
+        for n in negotiators:
+            for tag in n.handles:
+                if tag in self.table:
+                    raise ValueError(f"two negotiators handle {tag}")
+                self.table[tag] = n
 
 
 def iq_reply(el: Element, *children: Element) -> Element:

@@ -50,8 +50,26 @@ async def check_password(creds: CredentialSource, host: str, user: str, password
     return await asyncio.to_thread(sasl.check_password, password, stored["SHA-256"], "SHA-256")
 
 
+class SASLState:
+    """One stream's SASL negotiation (``stream.sasl``; dropped once authenticated)."""
+
+    __slots__ = ("exchange", "failures", "mechanism")
+
+    def __init__(self) -> None:
+        self.exchange: sasl.ScramExchange | None = None
+        self.failures = 0
+        self.mechanism = ""
+
+
+def _state(stream: Any) -> SASLState:
+    st: SASLState | None = stream.sasl
+    if st is None:
+        st = stream.sasl = SASLState()
+    return st
+
+
 class SASLAuth:
-    """RFC 6120 §6.4: one SASL negotiation per stream (a new instance per c2s stream)."""
+    """RFC 6120 §6.4 (one instance shared by every c2s stream; the state is ``stream.sasl``)."""
 
     handles: ClassVar[tuple[str, ...]] = (_SASL + "auth", _SASL + "response", _SASL + "abort")
 
@@ -59,9 +77,6 @@ class SASLAuth:
         self.creds = creds
         self.limiter = limiter
         self.failure_delay = failure_delay
-        self._exchange: sasl.ScramExchange | None = None
-        self._failures = 0
-        self._mech = ""
 
     def offer(self, stream: Any, features: Element) -> None:
         if stream.authenticated:
@@ -92,17 +107,18 @@ class SASLAuth:
             mech = el.get("mechanism", "")
             if mech not in mechanisms(stream):
                 return self._failure(stream, "invalid-mechanism")
-            self._mech = mech
+            state = _state(stream)
+            state.mechanism = mech
             if mech == "PLAIN":
                 return self._plain(stream, text)
             t = stream.transport
-            self._exchange = sasl.ScramExchange(mech, t.cb_data if t.is_secure else None)
+            state.exchange = sasl.ScramExchange(mech, t.cb_data if t.is_secure else None)
             if not text or text == "=":
                 stream.send(Element(_SASL + "challenge"))  # §6.4.2: no initial response
                 return None
             return self._scram_first(stream, text)
         if local == "response":
-            ex = self._exchange
+            ex = _state(stream).exchange
             if ex is None:
                 return self._failure(stream, "malformed-request", "no exchange in progress")
             if ex.server is None:
@@ -118,7 +134,8 @@ class SASLAuth:
     def _failure(self, stream: Any, condition: str, text: str | None = None,
                  delay: bool = False) -> Awaitable[None] | None:
         """RFC 6120 §6.4.5; a wrong credential is answered after a delay and counted."""
-        self._exchange = None
+        state = _state(stream)
+        state.exchange = None
         f = Element(_SASL + "failure")
         SubElement(f, _SASL + condition)
         if text:
@@ -128,30 +145,31 @@ class SASLAuth:
         if not delay:
             stream.send(f)
             return None
-        self._failures += 1
+        state.failures += 1
         self.limiter.failed(stream.transport.peer_ip)
-        return self._delayed_failure(stream, f)
+        return self._delayed_failure(stream, f, state.failures)
 
-    async def _delayed_failure(self, stream: Any, f: Element) -> None:
+    async def _delayed_failure(self, stream: Any, f: Element, failures: int) -> None:
         await asyncio.sleep(self.failure_delay)
         if stream.closed:
             return
         stream.send(f)
-        if self._failures >= MAX_AUTH_FAILURES:
+        if failures >= MAX_AUTH_FAILURES:
             stream.stream_error("policy-violation", "too many failed authentication attempts")
 
     def _success(self, stream: Any, user: str, final_b64: str | None) -> Awaitable[None] | None:
         """RFC 6120 §6.4.6: success, then the stream restarts (§4.3.3)."""
-        self._exchange = None
         if not user:
             return self._failure(stream, "not-authorized", delay=True)
+        mechanism = _state(stream).mechanism
+        stream.sasl = None
         stream.authenticated = True
         stream.username = user
         s = Element(_SASL + "success")
         if final_b64:
             s.text = final_b64
         stream.send(s)
-        stream.auth_info["mechanism"] = self._mech
+        stream.auth_info = {"mechanism": mechanism}
         stream.restart()
         return None
 
@@ -162,7 +180,7 @@ class SASLAuth:
 
     # -- SCRAM (RFC 5802) --------------------------------------------------------------------
     async def _scram_first(self, stream: Any, text: str) -> None:
-        ex = self._exchange
+        ex = _state(stream).exchange
         assert ex is not None
         try:
             client_first = base64.b64decode(text, validate=True).decode("utf-8")

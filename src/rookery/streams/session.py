@@ -60,7 +60,7 @@ class Session:
         #: how the session authenticated (mechanism, peer address …), for operators
         self.auth: dict[str, Any] = auth or {}
         self._stream: Carrier | None = None
-        self._queue: deque[Element] = deque()
+        self._queue: deque[Element] | None = None  # made when first needed (detached)
         self._filters = filters  # shared with the event bus: hooks added later apply at once
         self.ended = False
 
@@ -79,6 +79,8 @@ class Session:
         q = self._queue
         while q and not stream.closed:
             stream.send(q.popleft())
+        if not q:
+            self._queue = None
 
     def detach(self) -> Carrier | None:
         """Stop using the current stream (it is not closed); later output is queued."""
@@ -87,13 +89,18 @@ class Session:
 
     def take_queue(self) -> list[Element]:
         """Remove and return what waits for a stream (at the session's end: re-routed, stored or bounced)."""
-        out = list(self._queue)
-        self._queue.clear()
+        out = list(self._queue or ())
+        self._queue = None
         return out
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue) if self._queue is not None else 0
+
+    def _enqueue(self, el: Element) -> None:
+        if self._queue is None:
+            self._queue = deque()
+        self._queue.append(el)
 
     # -- out ---------------------------------------------------------------------------------
     def send(self, el: Element) -> None:
@@ -108,7 +115,7 @@ class Session:
         if s is not None:
             s.send(el)
         elif not self.ended:
-            self._queue.append(el)
+            self._enqueue(el)
 
     def send_data(self, data: str, el: Element | None = None) -> None:
         """Send an element already serialized (one serialization for many sessions).  When filters
@@ -122,7 +129,7 @@ class Session:
         if s is not None:
             s.send_data(data)
         elif not self.ended:
-            self._queue.append(el if el is not None else fromstring(data))
+            self._enqueue(el if el is not None else fromstring(data))
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """Close the stream carrying the session (a stream error with ``condition``).  A detached

@@ -18,6 +18,8 @@ from xml.etree.ElementTree import Element
 from ..xml import StreamParser, ns
 from ..xml.serializer import escape_attr, escape_text, serialize
 
+_STREAM_TAG = "{%s}stream" % ns.STREAM
+
 OnOpen = Callable[[Element, dict[str, str]], None]
 OnElement = Callable[[Element], None]
 OnClose = Callable[[], None]
@@ -68,8 +70,15 @@ class Framer(Protocol):
         """A parser for a new stream (at connect and at each restart, RFC 6120 §4.3.3)."""
         ...
 
-    def open(self, content_ns: str, stream_id: str, from_: str, to: str | None) -> bytes:
-        """The response stream header (RFC 6120 §4.7)."""
+    def check_open(self, root: Element, nsmap: dict[str, str], content_ns: str) -> tuple[str, str | None] | None:
+        """Is the peer's opening element this framing's stream header in ``content_ns``?  A stream
+        error ``(condition, text)`` when not (RFC 6120 §4.9.3.10 invalid-namespace)."""
+        ...
+
+    def open(self, content_ns: str, stream_id: str, from_: str, to: str | None,
+             extra_ns: dict[str, str] | None = None) -> bytes:
+        """The response stream header (RFC 6120 §4.7); ``extra_ns`` declares more prefixes
+        (``{"db": "jabber:server:dialback"}`` for XEP-0220)."""
         ...
 
     def close(self) -> bytes:
@@ -107,9 +116,18 @@ class StreamFramer:
         p.set_content_namespace(content_ns)
         return p
 
-    def open(self, content_ns: str, stream_id: str, from_: str, to: str | None) -> bytes:
+    def check_open(self, root: Element, nsmap: dict[str, str], content_ns: str) -> tuple[str, str | None] | None:
+        if root.tag != _STREAM_TAG:
+            return "invalid-namespace", "the root element must be <stream:stream>"
+        if "" not in nsmap or nsmap[""] != content_ns:
+            return "invalid-namespace", f"the content namespace must be {content_ns}"
+        return None
+
+    def open(self, content_ns: str, stream_id: str, from_: str, to: str | None,
+             extra_ns: dict[str, str] | None = None) -> bytes:
         to_attr = f" to='{escape_attr(to)}'" if to else ""
-        return (f"<?xml version='1.0'?><stream:stream xmlns='{content_ns}' xmlns:stream='{ns.STREAM}' "
+        more = "".join(f" xmlns:{p}='{escape_attr(u)}'" for p, u in (extra_ns or {}).items())
+        return (f"<?xml version='1.0'?><stream:stream xmlns='{content_ns}' xmlns:stream='{ns.STREAM}'{more} "
                 f"id='{stream_id}' from='{escape_attr(from_)}'{to_attr} version='1.0' xml:lang='en'>").encode()
 
     def close(self) -> bytes:

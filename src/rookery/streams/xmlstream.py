@@ -26,8 +26,6 @@ from .transport import FeedParser, Framer, Transport, new_stream_id
 
 log = logging.getLogger(__name__)
 
-_STREAM_TAG = "{%s}stream" % ns.STREAM
-
 Spawn = Callable[[Awaitable[Any]], Any]
 
 
@@ -44,6 +42,9 @@ class StreamLimits:
 
 class XMLStream:
     """RFC 6120 §4: one XML stream (restarted in place after STARTTLS and SASL)."""
+
+    __slots__ = ("transport", "framer", "limits", "spawn", "stream_id", "local_domain", "lang", "header_sent",
+                 "closed", "_ended", "_queue", "parser", "_timeout")
 
     #: RFC 6120 §4.8.2 content namespace of this stream kind
     content_ns: ClassVar[str] = ns.CLIENT
@@ -117,11 +118,7 @@ class XMLStream:
         self.lang = root.get(ns.XML_LANG) or "en"
         kind_err = self.opened(root)  # sets local_domain, which our header needs
         self.send_header(root.get("from"))
-        err: tuple[str, str | None] | None = kind_err
-        if root.tag != _STREAM_TAG:
-            err = ("invalid-namespace", "the root element must be <stream:stream>")
-        elif "" not in nsmap or nsmap[""] != self.content_ns:
-            err = ("invalid-namespace", f"the content namespace must be {self.content_ns}")
+        err = self.framer.check_open(root, nsmap, self.content_ns) or kind_err
         if err is not None:
             self.stream_error(*err)
             return
