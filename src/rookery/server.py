@@ -55,6 +55,8 @@ class Server:
             self.tables[domain] = HandlerTable(domain)
             self.routes.add_local(domain, self.tables[domain])
         self.router = Router(self.sessions, self.routes, self.events, self.tasks, self._account_exists)
+        #: C2SHost.route: a stanza from a bound session goes straight to the router (hot path)
+        self.route: Callable[[Stanza], Awaitable[Any] | None] = self.router.from_local
         self.elements: dict[str, Callable[..., Any]] = {}
         self.modules: ModuleManager | None = None
         self.streams: set[C2SStream] = set()
@@ -206,9 +208,6 @@ class Server:
         if r is not None:
             self.tasks.spawn(r)
         return session
-
-    def route(self, st: Stanza) -> Awaitable[Any] | None:
-        return self.router.from_local(st)
 
     def stream_started(self, stream: C2SStream) -> None:
         self.streams.add(stream)

@@ -50,6 +50,7 @@ class Router:
         # hot path: the route of a domain is one dict lookup, no method call
         self._by_domain = routes.by_domain
         self._remote = routes.remote
+        self._event_chains = events.chains  # the same dict for the bus's life
 
     def spawn(self, aw: Awaitable[Any]) -> Any:
         return self.tasks.spawn(aw)
@@ -195,7 +196,7 @@ class Router:
             s = sessions.get(to)
             if s is not None:
                 sessions.deliver(s, st.el)
-                if "message-delivered" in self.events.chains:
+                if "message-delivered" in self._event_chains:
                     return self.events.fire("message-delivered", st, [s])
                 return None
             # §8.5.3.2.1: no such resource
@@ -215,7 +216,7 @@ class Router:
             targets = message_targets(resources.values(), mtype)
             if targets:
                 sessions.deliver_many(targets, st.el)
-                if "message-delivered" in self.events.chains:
+                if "message-delivered" in self._event_chains:
                     return self.events.fire("message-delivered", st, targets)
                 return None
         return self._undeliverable_message(st)

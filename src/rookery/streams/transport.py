@@ -89,13 +89,12 @@ class Framer(Protocol):
         """A stream error (RFC 6120 §4.9), not including ``close()``."""
         ...
 
-    def encode(self, el: Element) -> bytes:
-        """One top-level element (stanza, features, negotiation element) as bytes."""
-        ...
-
-    def encode_text(self, data: str) -> bytes:
-        """An element already serialized with ``xml.serialize`` (one serialization, many streams)."""
-        ...
+    #: one top-level element (stanza, features, negotiation element) as the text of a frame; what
+    #: ``xml.serialize`` gives for RFC 6120 framing (stanzas inherit the header's namespace), a
+    #: self-contained element (with ``xmlns``) for RFC 7395.  An attribute, not a method: the stream
+    #: calls it directly on the hot path.  Elements serialized once for many streams (``send_data``)
+    #: must come from the same function.
+    serialize: Callable[[Element], str]
 
 
 def new_stream_id() -> str:
@@ -108,7 +107,10 @@ class StreamFramer:
 
     Stanzas inherit the content namespace from the header, so they are written with no ``xmlns``."""
 
-    __slots__ = ()
+    __slots__ = ("serialize",)
+
+    def __init__(self) -> None:
+        self.serialize: Callable[[Element], str] = serialize
 
     def new_parser(self, on_open: OnOpen, on_element: OnElement, on_close: OnClose, content_ns: str,
                    max_stanza_size: int, max_depth: int) -> FeedParser:
@@ -137,8 +139,3 @@ class StreamFramer:
         t = f"<text xmlns='{ns.STREAMS_ERR}' xml:lang='en'>{escape_text(text)}</text>" if text else ""
         return f"<stream:error><{condition} xmlns='{ns.STREAMS_ERR}'/>{t}</stream:error>".encode()
 
-    def encode(self, el: Element) -> bytes:
-        return serialize(el).encode()
-
-    def encode_text(self, data: str) -> bytes:
-        return data.encode()

@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from inspect import iscoroutine
 from typing import Any, ClassVar
 from xml.etree.ElementTree import Element
 
@@ -44,7 +45,7 @@ class XMLStream:
     """RFC 6120 §4: one XML stream (restarted in place after STARTTLS and SASL)."""
 
     __slots__ = ("transport", "framer", "limits", "spawn", "stream_id", "local_domain", "lang", "header_sent",
-                 "closed", "_ended", "_queue", "parser", "_timeout")
+                 "closed", "_ended", "_queue", "parser", "_timeout", "_serialize")
 
     #: RFC 6120 §4.8.2 content namespace of this stream kind
     content_ns: ClassVar[str] = ns.CLIENT
@@ -52,6 +53,7 @@ class XMLStream:
     def __init__(self, transport: Transport, framer: Framer, limits: StreamLimits, spawn: Spawn) -> None:
         self.transport = transport
         self.framer = framer
+        self._serialize = framer.serialize
         self.limits = limits
         self.spawn = spawn
         self.stream_id = ""
@@ -60,7 +62,8 @@ class XMLStream:
         self.header_sent = False
         self.closed = False
         self._ended = False
-        self._queue: deque[Element] | None = None
+        #: elements (and awaitables such as pending features) waiting for their turn
+        self._queue: deque[Element | Awaitable[Any]] | None = None
         self.parser: FeedParser = self._new_parser()
         self._timeout: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             limits.handshake_timeout, self._handshake_timeout)
@@ -166,10 +169,7 @@ class XMLStream:
 
     def _enqueue_awaitable(self, r: Awaitable[Any]) -> None:
         if self._queue is not None:
-            # already draining: run it after what is queued (only features can get here)
-            async def later() -> None:
-                await r
-            self.spawn(later())
+            self._queue.append(r)  # already draining: it takes its turn after what is queued
             return
         self._queue = deque()
         self.transport.pause_reading()
@@ -185,8 +185,12 @@ class XMLStream:
                 r = None
                 q = self._queue
                 while q and r is None and not self.closed:
-                    r = self.process(q.popleft())
+                    item = q.popleft()
+                    r = self.process(item) if isinstance(item, Element) else item
         finally:
+            for item in self._queue or ():
+                if iscoroutine(item):
+                    item.close()  # the stream closed before its turn came
             self._queue = None
             if not self.closed:
                 self.transport.resume_reading()
@@ -202,11 +206,12 @@ class XMLStream:
     # -- out ---------------------------------------------------------------------------------
     def send(self, el: Element) -> None:
         if not self.closed:
-            self.transport.write(self.framer.encode(el))
+            self.transport.write(self._serialize(el).encode())
 
     def send_data(self, data: str) -> None:
+        """An element already serialized with the framer's ``serialize`` (once for many streams)."""
         if not self.closed:
-            self.transport.write(self.framer.encode_text(data))
+            self.transport.write(data.encode())
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """Close with a stream error (``condition``) or the closing handshake (RFC 6120 §4.4)."""
