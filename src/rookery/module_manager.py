@@ -17,7 +17,7 @@ from typing import Any
 from .config import Config
 from .module import Module, ModuleContext, RouterAPI, is_stanza_event
 from .modules import load_module_class
-from .routing.hooks import EventBus, Handle, HandlerTable
+from .routing.hooks import EventBus, Handle, HandlerTable, register
 from .routing.registry import SessionRegistry
 from .routing.routes import RouteTable
 from .routing.tasks import Tasks
@@ -284,15 +284,7 @@ class ModuleManager:
                 stream.stream_error("unsupported-stanza-type")
                 return None
 
-        if qualified_name in self.elements:
-            raise ValueError(f"two handlers for stream element {qualified_name}")
-        self.elements[qualified_name] = fn
-
-        def undo() -> None:
-            if self.elements.get(qualified_name) is fn:
-                del self.elements[qualified_name]
-
-        return Handle(undo, f"element {qualified_name}")
+        return register(self.elements, qualified_name, fn, f"stream element {qualified_name}")
 
     def fire(self, event: str, *args: Any) -> Awaitable[None] | None:
         return self.events.fire(event, *args)

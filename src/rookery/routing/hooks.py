@@ -20,7 +20,7 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from inspect import isawaitable
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,24 @@ class Handle:
 
     def __repr__(self) -> str:
         return f"<Handle {self.what}{'' if self._undo else ' removed'}>"
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def register(table: dict[K, V], key: K, value: V, what: str) -> Handle:
+    """``table[key] = value`` when the key is free (else ``ValueError`` naming ``what``); the handle
+    removes exactly this entry (not one registered later under the same key)."""
+    if key in table:
+        raise ValueError(f"{what} is already registered")
+    table[key] = value
+
+    def undo() -> None:
+        if table.get(key) is value:
+            del table[key]
+
+    return Handle(undo, what)
 
 
 class _Chains:
@@ -97,15 +115,7 @@ class HandlerTable:
         self.chains = self._chains.chains
 
     def add_iq(self, key: IqKey, fn: Handler) -> Handle:
-        if key in self.iq:
-            raise ValueError(f"two handlers for iq {key} on {self.kind}")
-        self.iq[key] = fn
-
-        def undo() -> None:
-            if self.iq.get(key) is fn:
-                del self.iq[key]
-
-        return Handle(undo, f"iq {key} on {self.kind}")
+        return register(self.iq, key, fn, f"iq {key} on {self.kind}")
 
     def add_hook(self, event: str, fn: Handler, priority: int = 0) -> Handle:
         return self._chains.add(event, fn, priority)

@@ -74,17 +74,13 @@ class Router:
             return True
         return False
 
-    async def _continue_chain(self, event: str, coro: Awaitable[Any], rest: list[Handler], st: Stanza) -> bool:
-        try:
-            r = await coro
-        except Exception as e:
-            self._failed(st, e, event)
-            return True
-        if r is not None and r is not False:
-            return True
-        for fn in rest:
+    async def _continue_chain(self, event: str, first: Awaitable[Any], rest: list[Handler], st: Stanza) -> bool:
+        """The rest of a chain once a handler went asynchronous (same rules as ``run_chain``)."""
+        r: Any = first
+        for fn in (None, *rest):
             try:
-                r = fn(st)
+                if fn is not None:
+                    r = fn(st)
                 if iscoroutine(r):
                     r = await r
             except Exception as e:

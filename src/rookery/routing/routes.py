@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..stanza import Stanza
-from .hooks import Handle, HandlerTable
+from .hooks import Handle, HandlerTable, register
 
 LOCAL = "local"
 SERVICE = "service"
@@ -71,16 +71,7 @@ class RouteTable:
         return sorted(d for d, r in self._routes.items() if kind is None or r.kind == kind)
 
     def _add(self, route: Route) -> Handle:
-        d = route.domain
-        if d in self._routes:
-            raise ValueError(f"{d} is already routed ({self._routes[d].kind})")
-        self._routes[d] = route
-
-        def undo() -> None:
-            if self._routes.get(d) is route:
-                del self._routes[d]
-
-        return Handle(undo, f"route {route.kind} {d}")
+        return register(self._routes, route.domain, route, f"route {route.domain}")
 
     def add_local(self, domain: str, table: HandlerTable) -> Handle:
         return self._add(Route(domain, LOCAL, table=table))
