@@ -168,6 +168,7 @@ class C2SStream(XMLStream):
         session = self.session
         if session is not None:
             if tag in _STANZA_KINDS:
+                session.stanzas_in += 1
                 return self._route(session, el)
             h = self.host.element_handler(tag)
             if h is not None:

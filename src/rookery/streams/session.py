@@ -47,7 +47,7 @@ class Session:
     ``ext``: per-module extension slots (a module keeps its per-session state under its name)."""
 
     __slots__ = ("jid", "priority", "available", "presence", "interested", "where", "ext", "auth",
-                 "_stream", "_queue", "_filters", "ended", "__weakref__")
+                 "stanzas_in", "_stream", "_queue", "_filters", "ended", "__weakref__")
 
     def __init__(self, jid: JID, filters: list[OutboundFilter], auth: dict[str, Any] | None = None) -> None:
         self.jid = jid
@@ -59,6 +59,8 @@ class Session:
         self.ext: dict[str, Any] = {}
         #: how the session authenticated (mechanism, peer address …), for operators
         self.auth: dict[str, Any] = auth or {}
+        #: stanzas received from the client on any stream carrying this session (XEP-0198 §4 counts)
+        self.stanzas_in = 0
         self._stream: Carrier | None = None
         self._queue: deque[Element] | None = None  # made when first needed (detached)
         self._filters = filters  # shared with the event bus: hooks added later apply at once
