@@ -164,6 +164,27 @@ async def test_approving_subscription_pushes_from_and_to_and_sends_contact_prese
     await cb.close()
 
 
+async def test_inbound_approval_goes_to_interested_resources_before_the_roster_push(im_server):
+    """RFC 6121 §3.1.6: the approval is delivered to the user's *interested* resources (a resource that
+    fetched the roster but sent no presence included; one that is available but never asked for the
+    roster excluded), and before the roster push."""
+    (a, pa), (b, pb) = users(im_server, 2)
+    fetched = await login(im_server, a, pa, "fetched", presence=None)  # interested, not available
+    avail = await login(im_server, a, pa, "avail", roster=False)  # available, not interested
+    cb = await login(im_server, b, pb)
+    fetched.send(f"<presence type='subscribe' to='{b}'/>")
+    assert sub_of(await fetched.push(b)) == ("none", "subscribe", None)
+    await cb.presence(frm=a, ptype="subscribe")
+    cb.send(f"<presence type='subscribed' to='{a}'/>")
+    first = await fetched.wait(lambda e: is_presence(e, frm=b, ptype="subscribed")
+                               or (e.tag == C + "iq" and e.get("type") == "set"))
+    assert is_presence(first, frm=b, ptype="subscribed"), first.attrib
+    assert sub_of(await fetched.push(b))[0] == "to"
+    await avail.never(lambda e: is_presence(e, frm=b, ptype="subscribed"))
+    for c in (fetched, avail, cb):
+        await c.close()
+
+
 async def test_mutual_subscription_ends_in_both(im_server):
     (a, pa), (b, pb) = users(im_server, 2)
     ca, cb = await login(im_server, a, pa), await login(im_server, b, pb)

@@ -380,6 +380,36 @@ async def test_last_activity_needs_subscription_and_reports_logout_status(server
         await disconnect(ca)
 
 
+async def test_last_activity_right_after_logout_is_never_item_not_found(server, monkeypatch):
+    """XEP-0012 §3: the logout is known the moment the last session is gone, even while its record is
+    still being written (the write is slowed down here to open that window wide)."""
+    a, pa = server.make_user()
+    b, pb = server.make_user()
+    subscribe(server, b, a, "both")
+    kv = server.server.storage.kv
+    original = kv.set
+
+    async def slow_set(*args):
+        await asyncio.sleep(0.5)
+        return await original(*args)
+
+    monkeypatch.setattr(kv, "set", slow_set)
+    ca = await raw_login(server, a, pa)
+    cb = await raw_login(server, b, pb)
+    try:
+        await cb.close()
+        answers = []
+        for i in range(40):  # bounded: about 1 s of queries across the logout
+            r = await ca.iq(f"<iq type='get' id='q{i}' to='{b}'><query xmlns='jabber:iq:last'/></iq>")
+            answers.append(r.get("type") if r.get("type") == "result" else error_condition(r))
+            if server.session_count() == 1 and i > 5:
+                break
+            await asyncio.sleep(0.02)
+        assert set(answers) == {"result"}, answers
+    finally:
+        await ca.close()
+
+
 async def test_last_activity_to_full_jid_is_forwarded_only_when_authorized(server):
     a, pa = server.make_user()
     b, pb = server.make_user()

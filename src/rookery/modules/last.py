@@ -49,6 +49,8 @@ class LastActivity(Module):
         super().__init__(ctx)
         #: full JID -> status text of the unavailable presence that session sent (until it ends)
         self._unavailable_status: dict[str, str | None] = {}
+        #: bare JID -> logout record being written (XEP-0012 §3 queries see it at once)
+        self._writing: dict[str, str] = {}
 
     @property
     def started_at(self) -> float:
@@ -67,7 +69,8 @@ class LastActivity(Module):
         await self._check_access(request)
         if self.ctx.sessions.resources(to.bare):
             return request.result(last_element(0))
-        raw = await self.storage.kv.get(STORE, to.domain, to.local, KEY)
+        # a logout whose record is still being written counts already (§3: no gap after logout)
+        raw = self._writing.get(to.bare) or await self.storage.kv.get(STORE, to.domain, to.local, KEY)
         if raw is None:
             raise StanzaError("item-not-found", "no recorded activity")
         try:
@@ -133,4 +136,14 @@ class LastActivity(Module):
         record: dict[str, Any] = {"t": time.time()}
         if status:
             record["status"] = status
-        return self.storage.kv.set(STORE, jid.domain, jid.local, KEY, json.dumps(record))
+        data = json.dumps(record)
+        self._writing[jid.bare] = data  # answers queries from now on, before the write lands
+        return self._write(jid, data)
+
+    async def _write(self, jid: JID, data: str) -> None:
+        assert jid.local is not None
+        try:
+            await self.storage.kv.set(STORE, jid.domain, jid.local, KEY, data)
+        finally:
+            if self._writing.get(jid.bare) == data:
+                del self._writing[jid.bare]

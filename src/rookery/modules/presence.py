@@ -11,6 +11,9 @@ the bare JID, §3.1.3), even when both accounts are on this server.  Details:
   "from" subscription, or a pre-approval (§3.4); otherwise it is stored (``add_pending_in``) and
   delivered to the available resources now and to every resource that sends initial presence until
   the contact answers.
+* §3.1.6, §3.2.3, §3.3.3: an inbound ``subscribed``, ``unsubscribed`` or ``unsubscribe`` that changes
+  the state goes to the user's *interested* resources (those that requested the roster), before the
+  roster push.
 * §3.1.5: approving (``subscribed``) or §3.4 pre-approving creates the roster item if needed; after an
   approval the contact's available resources send their presence to the new subscriber.
 * §3.2.2 / §3.3.3: when a subscription ends, the side whose presence is no longer shared sends
@@ -241,6 +244,12 @@ class Presence(Module):
         if targets:
             self.ctx.sessions.deliver_many(targets, el)
 
+    def _deliver_interested(self, bare: str, el: Element) -> None:
+        """To every interested resource of ``bare`` (those that requested the roster, RFC 6121 §2.1.6)."""
+        targets = [s for s in self._sessions(bare) if s.interested]
+        if targets:
+            self.ctx.sessions.deliver_many(targets, el)
+
     async def _exists(self, host: str, user: str) -> bool:
         if self.ctx.sessions.resources(f"{user}@{host}"):
             return True
@@ -441,14 +450,17 @@ class Presence(Module):
             state = SubState.of(item, pending)
             t = inbound(state, ptype)
             new = t.state
+            if t.forward and ptype != "subscribe":
+                # §3.1.6, §3.2.3, §3.3.3: to the interested resources, before the roster push
+                self._deliver_interested(bare, el)
             if item is not None and SubState.of(item) != replace(new, pending_in=False):
                 await roster.set_item(host, user, apply_state(item, sender, new))
             if new.pending_in and not state.pending_in:
                 await self.storage.roster.add_pending_in(host, user, sender, serialize(el))
             elif state.pending_in and not new.pending_in:
                 await self.storage.roster.remove_pending_in(host, user, sender)
-        if t.forward:
-            self._deliver_available(bare, el)
+        if t.forward and ptype == "subscribe":
+            self._deliver_available(bare, el)  # §3.1.3: to the available resources
         out: list[Element] = []
         if t.auto_reply is not None:
             out.append(Element("presence", {"type": t.auto_reply, "from": bare, "to": sender}))

@@ -4,7 +4,8 @@
   ``<forbidden/>``).  A get marks the session an "interested resource" (§2.2), which then receives
   roster pushes.  With §2.6 versioning the client sends ``ver``: if it equals the current version the
   result is empty (§2.6.3), otherwise the whole roster comes back with the current ``ver`` (this server
-  sends no incremental pushes instead).  The stream features carry ``<ver
+  sends no incremental pushes instead); a result always carries ``ver``, also to a client that sent
+  none.  The stream features carry ``<ver
   xmlns='urn:xmpp:features:rosterver'/>`` (§2.6.1) and ``<sub xmlns='urn:xmpp:features:pre-approval'/>``
   (§3.4.1).
 * Roster set (§2.3, §2.4): exactly one ``<item/>`` (§2.3.3 ``<bad-request/>``), duplicate groups are
@@ -287,9 +288,9 @@ class Roster(Module):
         client_ver = query_el.get("ver")
         if client_ver is not None and client_ver == ver:
             return st.result()  # §2.6.3: up to date, no items
-        query = Element(_QUERY)
-        if client_ver is not None:
-            query.set("ver", ver)
+        # §2.6.3: the current version, whenever versioning is advertised (§2.6.1), even to a client
+        # that sent none (clients of Prosody and ejabberd expect it)
+        query = Element(_QUERY, ver=ver)
         for item in items.values():
             query.append(item_element(item))
         return st.result(query)
