@@ -15,7 +15,7 @@ from inspect import isawaitable
 from typing import Any
 from xml.etree.ElementTree import Element
 
-from . import tls
+from . import server_secret, tls
 from .config import Config
 from .control import SOCKET_NAME, ControlServer
 from .jid import JID
@@ -72,6 +72,7 @@ class Server:
         c = config.c2s
         self._limits = StreamLimits(c.max_stanza_size, c.max_depth, c.handshake_timeout)
         self._c2s_negotiators: Negotiators | None = None
+        self.secret = b""  # server_secret, read at start
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -82,6 +83,7 @@ class Server:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.storage = make_storage(cfg.storage, str(data_dir), offline_limit=cfg.offline_limit)
         await self.storage.open()
+        self.secret = server_secret.load_or_create(data_dir)
         cert, key = tls.ensure_certificate(cfg.tls.cert, cfg.tls.key, data_dir, cfg.domains)
         self.cert_path = cert
         starttls_ctx = tls.server_context(cert, key, cfg.tls.min_version)
@@ -127,7 +129,7 @@ class Server:
         negotiators = self._c2s_negotiators
         if negotiators is None:  # built once: negotiators are stateless, shared by every stream
             order: list[Negotiator] = [StartTLS(), SASLAuth(self.storage.accounts, self.auth_limiter,
-                                                            c.auth_failure_delay)]
+                                                            c.auth_failure_delay, self.secret)]
             if c.legacy_auth:
                 order.append(LegacyAuth(self.storage.accounts, self.auth_limiter, c.auth_failure_delay))
             order.append(Bind())

@@ -164,7 +164,7 @@ class FakeHost:
 def new_stream(host: FakeHost, transport: MemoryTransport | None = None,
                limits: StreamLimits | None = None) -> tuple[C2SStream, MemoryTransport]:
     t = transport or MemoryTransport()
-    negotiators = Negotiators([StartTLS(), SASLAuth(host, AuthFailureLimiter(100, 60), 0.01), Bind()])
+    negotiators = Negotiators([StartTLS(), SASLAuth(host, AuthFailureLimiter(100, 60), 0.01, b"k" * 32), Bind()])
     s = C2SStream(host, t, StreamFramer(), Settings(), limits or StreamLimits(), negotiators)
     t.stream = s
     return s, t

@@ -21,6 +21,9 @@ class Bind:
 
     handles: ClassVar[tuple[str, ...]] = (_BIND, _SESSION)
 
+    def ended(self, stream: Any) -> None:
+        pass
+
     def offer(self, stream: Any, features: Element) -> None:
         if stream.authenticated:
             SubElement(features, _BIND)

@@ -262,6 +262,8 @@ class C2SStream(XMLStream):
             self.transport.write(b" ")
 
     def ended(self) -> None:
+        for n in self._negotiators.order:
+            n.ended(self)
         session = self.session
         if session is not None and session.stream is not self:
             session = None  # it has moved to another stream (XEP-0198 resumption)

@@ -30,6 +30,9 @@ class LegacyAuth:
         self.limiter = limiter
         self.failure_delay = failure_delay
 
+    def ended(self, stream: Any) -> None:
+        pass
+
     def offer(self, stream: Any, features: Element) -> None:
         if not stream.authenticated and (stream.transport.is_secure or not stream.settings.require_encryption):
             SubElement(features, "{%s}auth" % ns.IQ_AUTH_FEATURE)

@@ -49,6 +49,10 @@ class Negotiator(Protocol):
 
     def handle(self, stream: Any, el: Element) -> Awaitable[Any] | None: ...
 
+    def ended(self, stream: Any) -> None:
+        """The stream is over (whatever the state of the negotiation)."""
+        ...
+
 
 class Negotiators:
     """The negotiators of one stream kind, in feature order, and the table of what each handles

@@ -2,8 +2,9 @@
 ``tls-server-end-point`` channel binding (RFC 5929), and PLAIN (RFC 4616) inside TLS only.
 
 Credentials are SCRAM salted keys (RFC 5802 §3); PLAIN is verified by deriving the salted password
-from the stored salt.  Unknown users go through the same SCRAM exchange with throw-away keys, so an
-attacker cannot tell them from wrong passwords.
+from the stored salt.  Unknown users go through the same SCRAM exchange with throw-away keys whose salt
+is derived from a server secret (``fake_credential``), so an attacker can tell them neither from
+wrong passwords nor by their salts.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import base64
 import hashlib
 import hmac
 import os
-import secrets
 from typing import Any
 
 from scramp import ScramException, ScramMechanism
@@ -80,13 +80,16 @@ def parse_scram_username(client_first: str) -> str:
     raise SASLFailure("malformed-request")
 
 
-_FAKE_SALT = secrets.token_bytes(16)
+SALT_LENGTH = 32  # what make_credentials (scramp) gives real accounts
 
 
-def fake_credential(hash_name: str) -> ScramCredential:
+def fake_credential(hash_name: str, username: str, secret: bytes) -> ScramCredential:
+    """Throw-away keys for an unknown user that look like a real account's: a salt of the same
+    length derived from the server's secret and the username (the same one at every attempt, and
+    after a restart when the secret is kept), the same iteration count.  The proof never matches."""
     algo = HASHES[hash_name]
-    return ScramCredential(salt=hashlib.sha256(_FAKE_SALT + hash_name.encode()).digest()[:16],
-                           iterations=ITERATIONS, stored_key=os.urandom(hashlib.new(algo).digest_size),
+    salt = hmac.digest(secret, f"{hash_name}\0{username}".encode(), "sha256")[:SALT_LENGTH]
+    return ScramCredential(salt=salt, iterations=ITERATIONS, stored_key=os.urandom(hashlib.new(algo).digest_size),
                            server_key=os.urandom(hashlib.new(algo).digest_size))
 
 

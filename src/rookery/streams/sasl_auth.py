@@ -2,8 +2,10 @@
 (``streams.sasl`` does the exchange), PLAIN inside TLS only (§13.8), XEP-0440 channel-binding types.
 
 Failures of credentials are answered after a delay and counted per connection (``MAX_AUTH_FAILURES``
-closes it with ``<policy-violation/>``) and per IP address (``AuthFailureLimiter``).  Unknown users go
-through the same exchange with throw-away keys (``sasl.fake_credential``).
+closes it with ``<policy-violation/>``) and per IP address (``AuthFailureLimiter``); so is a SCRAM
+exchange abandoned after the server's challenge (the stream ends or a new ``<auth/>`` starts over), which
+is all an account-enumeration probe needs.  Unknown users go through the same exchange with
+throw-away keys whose salt is derived from the server secret (``sasl.fake_credential``).
 """
 
 from __future__ import annotations
@@ -73,10 +75,12 @@ class SASLAuth:
 
     handles: ClassVar[tuple[str, ...]] = (_SASL + "auth", _SASL + "response", _SASL + "abort")
 
-    def __init__(self, creds: CredentialSource, limiter: AuthFailureLimiter, failure_delay: float) -> None:
+    def __init__(self, creds: CredentialSource, limiter: AuthFailureLimiter, failure_delay: float,
+                 secret: bytes) -> None:
         self.creds = creds
         self.limiter = limiter
         self.failure_delay = failure_delay
+        self.secret = secret  # the server secret unknown users' salts derive from
 
     def offer(self, stream: Any, features: Element) -> None:
         if stream.authenticated:
@@ -108,6 +112,7 @@ class SASLAuth:
             if mech not in mechanisms(stream):
                 return self._failure(stream, "invalid-mechanism")
             state = _state(stream)
+            self._abandon(stream, state)  # a new <auth/> starts over
             state.mechanism = mech
             if mech == "PLAIN":
                 return self._plain(stream, text)
@@ -131,6 +136,17 @@ class SASLAuth:
         return self._failure(stream, "aborted")  # §6.4.4
 
     # -- outcomes ----------------------------------------------------------------------------
+    def ended(self, stream: Any) -> None:
+        """The stream is over: an exchange still waiting for the client's proof was abandoned."""
+        if stream.sasl is not None:
+            self._abandon(stream, stream.sasl)
+
+    def _abandon(self, stream: Any, state: SASLState) -> None:
+        ex = state.exchange
+        if ex is not None and ex.server is not None:  # the challenge went out, no proof came
+            self.limiter.failed(stream.transport.peer_ip)
+        state.exchange = None
+
     def _failure(self, stream: Any, condition: str, text: str | None = None,
                  delay: bool = False) -> Awaitable[None] | None:
         """RFC 6120 §6.4.5; a wrong credential is answered after a delay and counted."""
@@ -193,7 +209,7 @@ class SASLAuth:
         if authzid.startswith("a=") and not _authzid_ok(stream, user, authzid[2:]):
             return await self._await(self._failure(stream, "invalid-authzid"))
         creds = await self.creds.get_credentials(stream.local_domain, user) if user else None
-        cred = (creds or {}).get(ex.hash_name) or sasl.fake_credential(ex.hash_name)
+        cred = (creds or {}).get(ex.hash_name) or sasl.fake_credential(ex.hash_name, user, self.secret)
         ex.username = user if creds else ""
         try:
             challenge = ex.first(text, cred)

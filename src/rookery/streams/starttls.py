@@ -20,6 +20,9 @@ class StartTLS:
 
     handles: ClassVar[tuple[str, ...]] = (_TLS + "starttls",)
 
+    def ended(self, stream: Any) -> None:
+        pass
+
     def offer(self, stream: Any, features: Element) -> None:
         if not stream.authenticated and stream.transport.can_starttls:
             st = SubElement(features, _TLS + "starttls")
