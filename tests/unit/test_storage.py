@@ -281,6 +281,22 @@ async def test_offline_pop_all_returns_arrival_order_and_empties_the_queue(store
     assert await store.offline.count(HOST, "romeo") == 1
 
 
+async def test_offline_peek_keeps_messages_until_removed_by_id(store: SQLStorage) -> None:
+    """Crash-safe delivery (issue F5): reading does not remove; ``remove`` takes exactly the given ids
+    of that user."""
+    for i in range(5):
+        await store.offline.push(HOST, "juliet", f"<message n='{i}'/>")
+    await store.offline.push(HOST, "romeo", "<message to='romeo'/>")
+    first = await store.offline.peek(HOST, "juliet", 2)
+    assert [s for _, s in first] == ["<message n='0'/>", "<message n='1'/>"]
+    assert await store.offline.peek(HOST, "juliet", 2) == first  # still there
+    (romeo_id, _), = await store.offline.peek(HOST, "romeo")
+    assert await store.offline.remove(HOST, "juliet", [i for i, _ in first] + [romeo_id]) == 2
+    assert [s for _, s in await store.offline.peek(HOST, "juliet")] == [f"<message n='{i}'/>" for i in (2, 3, 4)]
+    assert await store.offline.count(HOST, "romeo") == 1  # another user's id is not removed
+    assert await store.offline.remove(HOST, "juliet", []) == 0
+
+
 async def test_offline_push_refuses_beyond_the_limit_per_user(store: SQLStorage) -> None:
     results = [await store.offline.push(HOST, "juliet", f"<m n='{i}'/>") for i in range(OFFLINE_LIMIT + 2)]
     assert results == [True] * OFFLINE_LIMIT + [False, False]

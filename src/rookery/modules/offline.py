@@ -10,25 +10,28 @@ silently dropped (RFC 6121 §8.5.2.2.1 allows either), as are messages carrying 
 ``<no-store/>`` or ``<no-permanent-store/>`` hint.
 
 Stored messages are delivered, oldest first, to the resource that next sends available presence with
-non-negative priority (§2 step 5): on the ``"initial-presence"`` event the presence module fires after
+non-negative priority (§2 step 5), in batches each removed from storage only once handed to the
+transport (crash-safe): on the ``"initial-presence"`` event the presence module fires after
 broadcasting a session's initial presence, and when an already available resource raises its
 priority from negative to non-negative.  §4 "Service Discovery": the server advertises ``msgoffline``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Any
 from xml.etree.ElementTree import Element, ParseError, fromstring
 
 from pydantic import Field
 
-from ..module import Module, Options, fold, hook
+from ..module import Module, ModuleContext, Options, fold, hook
 from ..routing.registry import SessionRef
 from ..stanza import Stanza
 from ..xml import ns, serialize
 from .time import format_datetime
 
+BATCH = 100  # stored messages read, sent and removed at a time
 CHATSTATES = "http://jabber.org/protocol/chatstates"
 HINTS = "urn:xmpp:hints"
 _DELAY = f"{{{ns.DELAY}}}delay"
@@ -81,6 +84,10 @@ class Offline(Module):
     features = [ns.OFFLINE]
     Options = OfflineOptions
 
+    def __init__(self, ctx: ModuleContext) -> None:
+        super().__init__(ctx)
+        self._delivering: set[tuple[str, str]] = set()
+
     @fold("delivery-failed")
     def store(self, handled: bool, st: Stanza) -> Awaitable[bool] | bool:
         """A message no resource took (RFC 6121 §8.5.2.2): store it (True: handled, no error)."""
@@ -120,23 +127,29 @@ class Offline(Module):
         return None
 
     async def deliver(self, session: SessionRef) -> None:
-        """Send every stored message of the session's account to it, oldest first."""
+        """Send every stored message of the session's account to it, oldest first, in batches; a batch
+        is removed from storage only once it was handed to the transport, so a crash at any moment
+        loses none (issue F5; at worst a message comes twice, which clients de-duplicate by id)."""
         jid = session.jid
-        sessions = self.ctx.sessions
-        if sessions.get(jid) is not session:
-            return
         assert jid.local is not None
-        stored = await self.storage.offline.pop_all(jid.domain, jid.local)
-        for i, data in enumerate(stored):
-            if sessions.get(jid) is not session:
-                # the session ended while we were delivering: keep the rest for next time
-                for rest in stored[i:]:
-                    if not await self.storage.offline.push(jid.domain, jid.local, rest):
-                        self.log.warning("offline queue of %s full: a message was lost", jid.bare)
-                return
-            try:
-                el = fromstring(data)
-            except ParseError:
-                self.log.warning("dropping unreadable offline message for %s", jid.bare)
-                continue
-            sessions.deliver(session, el)
+        sessions = self.ctx.sessions
+        key = (jid.domain, jid.local)
+        if sessions.get(jid) is not session or key in self._delivering:
+            return  # gone, or a delivery to this account is under way (it takes what is stored)
+        self._delivering.add(key)
+        try:
+            while True:
+                batch = await self.storage.offline.peek(jid.domain, jid.local, BATCH)
+                if not batch or sessions.get(jid) is not session:
+                    return  # done, or the session ended: the rest stays stored
+                for _id, data in batch:
+                    try:
+                        el = fromstring(data)
+                    except ParseError:
+                        self.log.warning("dropping unreadable offline message for %s", jid.bare)
+                        continue
+                    sessions.deliver(session, el)
+                await asyncio.sleep(0)  # one loop turn: the transports write what is pending
+                await self.storage.offline.remove(jid.domain, jid.local, [i for i, _ in batch])
+        finally:
+            self._delivering.discard(key)

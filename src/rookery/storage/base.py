@@ -104,6 +104,13 @@ class OfflineStore(Protocol):
     async def pop_all(self, host: str, user: str) -> list[str]:
         """Return and delete every stored stanza, oldest first (atomically)."""
 
+    async def peek(self, host: str, user: str, limit: int | None = None) -> list[tuple[int, str]]:
+        """``(id, stanza)`` of the oldest stored stanzas, without removing them (crash-safe delivery:
+        ``remove`` them once they are handed over)."""
+
+    async def remove(self, host: str, user: str, ids: list[int]) -> int:
+        """Delete these stored stanzas of the user; returns how many were deleted."""
+
     async def count(self, host: str, user: str) -> int: ...
 
 

@@ -487,6 +487,26 @@ class SQLOfflineStore:
 
         return await self._db._write(tx)
 
+    async def peek(self, host: str, user: str, limit: int | None = None) -> list[tuple[int, str]]:
+        stmt = sa.select(offline.c.id, offline.c.stanza).where(_user(offline, host, user)).order_by(offline.c.id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+
+        async def tx(conn: AsyncConnection) -> list[tuple[int, str]]:
+            return [(int(r.id), r.stanza) for r in (await conn.execute(stmt)).all()]
+
+        return await self._db._read(tx)
+
+    async def remove(self, host: str, user: str, ids: list[int]) -> int:
+        if not ids:
+            return 0
+        stmt = sa.delete(offline).where(_user(offline, host, user), offline.c.id.in_(ids))
+
+        async def tx(conn: AsyncConnection) -> int:
+            return int((await conn.execute(stmt)).rowcount or 0)
+
+        return await self._db._write(tx)
+
     async def count(self, host: str, user: str) -> int:
         stmt = sa.select(sa.func.count()).select_from(offline).where(_user(offline, host, user))
 
