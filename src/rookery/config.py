@@ -66,10 +66,31 @@ class HTTPConfig(_Section):
     _v_listen = field_validator("listen")(_check_listen)
 
 
+#: Mozilla's "intermediate" TLS 1.2 cipher suites (ssl-config.mozilla.org, v5.7): forward secrecy, AEAD
+MOZILLA_INTERMEDIATE = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+
+
 class TLSConfig(_Section):
     cert: str | None = None
     key: str | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
+    #: TLS 1.2 cipher suites, an OpenSSL cipher list (TLS 1.3 suites are all strong and not affected)
+    ciphers: str = MOZILLA_INTERMEDIATE
+
+    @field_validator("ciphers")
+    @classmethod
+    def _ciphers(cls, v: str) -> str:
+        import ssl
+
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(v)
+        except ssl.SSLError:
+            raise ValueError(f"{v!r} selects no cipher OpenSSL knows") from None
+        return v
 
     @model_validator(mode="after")
     def _pair(self) -> TLSConfig:

@@ -86,8 +86,8 @@ class Server:
         self.secret = server_secret.load_or_create(data_dir)
         cert, key = tls.ensure_certificate(cfg.tls.cert, cfg.tls.key, data_dir, cfg.domains)
         self.cert_path = cert
-        starttls_ctx = tls.server_context(cert, key, cfg.tls.min_version)
-        direct_ctx = tls.server_context(cert, key, cfg.tls.min_version, alpn=["xmpp-client"])
+        starttls_ctx = tls.server_context(cert, key, cfg.tls.min_version, ciphers=cfg.tls.ciphers)
+        direct_ctx = tls.server_context(cert, key, cfg.tls.min_version, alpn=["xmpp-client"], ciphers=cfg.tls.ciphers)
         cb_data = tls.tls_server_end_point(cert)
         self.modules = ModuleManager(cfg, router=self.router, sessions=self.sessions, routes=self.routes,
                                      events=self.events, tables=self.tables, elements=self.elements,

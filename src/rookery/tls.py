@@ -62,11 +62,15 @@ def ensure_certificate(cert: str | None, key: str | None, data_dir: Path, domain
     return cert_p, key_p
 
 
-def server_context(cert: Path, key: Path, min_version: str = "1.2", alpn: list[str] | None = None) -> ssl.SSLContext:
-    """A server-side context: TLS 1.2+ (RFC 7590 §3), no compression, server cipher preference."""
+def server_context(cert: Path, key: Path, min_version: str = "1.2", alpn: list[str] | None = None,
+                   ciphers: str | None = None) -> ssl.SSLContext:
+    """A server-side context: TLS 1.2+ (RFC 7590 §3), no compression, server cipher preference, the
+    TLS 1.2 ``ciphers`` given (an OpenSSL cipher list; TLS 1.3 suites are all strong)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    if ciphers:
+        ctx.set_ciphers(ciphers)
     ctx.load_cert_chain(str(cert), str(key))
     if alpn:
         ctx.set_alpn_protocols(alpn)

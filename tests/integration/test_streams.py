@@ -200,9 +200,11 @@ async def test_bad_to_jid_is_jid_malformed_and_session_lives(rookery_server):
     c = await RawClient().login(rookery_server.c2s_port, jid, pw)
     r = await c.iq("<iq type='get' id='m1' to='@@bad'><query xmlns='jabber:iq:version'/></iq>")
     assert r.get("type") == "error" and error_condition(r) == "jid-malformed"
+    # RFC 6120 §8.3.1: from the entity that found the error, our server (the bad 'to' cannot be used)
+    assert r.get("from") == rookery_server.domain and r.get("to") == c.jid
     c.send("<message to='a@b@c' id='m2'><body>x</body></message>")
     r = await c.recv_until(lambda e: e.get("id") == "m2")
-    assert error_condition(r) == "jid-malformed"
+    assert error_condition(r) == "jid-malformed" and r.get("from") == rookery_server.domain
     r = await c.iq("<iq type='get' id='alive'><query xmlns='urn:unknown:thing'/></iq>")
     assert error_condition(r) == "service-unavailable"
     await c.close()

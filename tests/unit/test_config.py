@@ -122,6 +122,7 @@ def test_unknown_nested_key(tmp_path, section):
         ('[version]\nshow_os = "yes please"', "version.show_os"),
         ('[tls]\nmin_version = "1.0"', "tls.min_version"),
         ("[tls]\ncert = 5", "tls.cert"),
+        ('[tls]\nciphers = "NO-SUCH-CIPHER"', "tls.ciphers"),
         ('log_level = "verbose"', "log_level"),
         ('domains = "localhost"', "domains"),
         ("domains = [1]", "domains.0"),

@@ -223,7 +223,10 @@ class C2SStream(XMLStream):
             except InvalidJID:
                 st = Stanza(el, jid, None, session)
                 if st.type != "error":
-                    session.send(st.error("jid-malformed"))
+                    # RFC 6120 §8.3.1: from our server, which found the error (the 'to' is unusable)
+                    err = st.error("jid-malformed")
+                    err.set("from", jid.domain)
+                    session.send(err)
                 return None
         return self.host.route(Stanza(el, jid, to, session, no_to))
 
