@@ -33,6 +33,9 @@ class T:
     def close(self):
         pass
 
+    def authenticated(self):
+        pass
+
     def abort(self):
         pass
 

@@ -99,6 +99,15 @@ class TLSConfig(_Section):
         return self
 
 
+class LimitsConfig(_Section):
+    """Connection limits (XEP-0205 §3).  0 means no limit (``max_connections``: derived from the
+    file descriptor limit)."""
+
+    max_connections: int = Field(0, ge=0)
+    max_connections_per_ip: int = Field(64, ge=0)
+    max_unauthenticated_per_ip: int = Field(16, ge=0)
+
+
 class OfflineConfig(_Section):
     max_messages: int = Field(1000, ge=0)
 
@@ -133,6 +142,7 @@ class Config(_Section):
     s2s: S2SConfig = S2SConfig()
     http: HTTPConfig = HTTPConfig()
     tls: TLSConfig = TLSConfig()
+    limits: LimitsConfig = LimitsConfig()
     offline: OfflineConfig = OfflineConfig()
     version: VersionConfig = VersionConfig()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
 from collections.abc import Awaitable, Callable
 from inspect import isawaitable
@@ -36,9 +37,38 @@ from .streams.session import Session
 from .streams.starttls import StartTLS
 from .streams.transport import StreamFramer
 from .streams.xmlstream import StreamLimits
+from .transports.limits import ConnectionLimiter
 from .transports.tcp import Flusher, RateLimit, StreamProtocol, listen
 
 log = logging.getLogger(__name__)
+
+FD_RESERVE = 64  # file descriptors kept for listeners, storage, logs, the control socket
+
+
+def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """asyncio reports every failed ``accept`` (EMFILE/ENFILE: out of file descriptors) with a traceback,
+    up to ``backlog`` times per wake-up, and retries a second later: say it in one line per second
+    instead (issue F1).  ``[limits] max_connections`` (by default below the descriptor limit) keeps
+    the server from getting there at all."""
+    previous = loop.get_exception_handler()
+    last = [-1.0, 0]  # time of the last line, failures since
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") == "socket.accept() out of system resource":
+            last[1] += 1
+            now = loop.time()
+            if now - last[0] >= 1.0:
+                exc = context.get("exception")
+                log.warning("out of file descriptors (%s): %d connection(s) not accepted; retrying in a second",
+                            getattr(exc, "strerror", None) or exc, last[1])
+                last[0], last[1] = now, 0
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 class Server:
@@ -73,6 +103,7 @@ class Server:
         self._limits = StreamLimits(c.max_stanza_size, c.max_depth, c.handshake_timeout)
         self._c2s_negotiators: Negotiators | None = None
         self.secret = b""  # server_secret, read at start
+        self.admission: ConnectionLimiter | None = None  # made at start
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -93,7 +124,11 @@ class Server:
                                      events=self.events, tables=self.tables, elements=self.elements,
                                      storage=self.storage, tasks=self.tasks, started_at=self.started_at)
         await self.modules.load_all()
-        flusher = Flusher(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        flusher = Flusher(loop)
+        self.admission = ConnectionLimiter(self._max_connections(), cfg.limits.max_connections_per_ip,
+                                           cfg.limits.max_unauthenticated_per_ip)
+        _quiet_accept_errors(loop)
 
         rate = cfg.c2s.max_bytes_per_second
         limit = RateLimit(rate, max(cfg.c2s.burst_bytes, cfg.c2s.max_stanza_size)) if rate > 0 else None
@@ -104,7 +139,7 @@ class Server:
 
         def c2s_factory(ctx: Any, direct: bool) -> Any:
             def make() -> StreamProtocol:
-                return StreamProtocol(c2s_stream, ctx, direct, cb_data, flusher)
+                return StreamProtocol(c2s_stream, ctx, direct, cb_data, flusher, self.admission)
             return make
 
         for spec in cfg.c2s.listen:
@@ -122,6 +157,24 @@ class Server:
         if cfg.c2s.keepalive_interval > 0:
             self._schedule_keepalive()
         log.info("Rookery serving %s", ", ".join(cfg.domains))
+
+    def _max_connections(self) -> int:
+        """``[limits] max_connections``, or what the file descriptor limit allows (raised to its hard
+        limit first) less a reserve for listeners, storage, logs and the control socket."""
+        if self.config.limits.max_connections:
+            return self.config.limits.max_connections
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1048576)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                log.info("raised the open file limit from %d to %d", soft, target)
+                soft = target
+            except (ValueError, OSError) as e:
+                log.warning("cannot raise the open file limit from %d: %s", soft, e)
+        if soft == resource.RLIM_INFINITY:
+            return 0
+        return max(16, soft - FD_RESERVE)
 
     def new_c2s_stream(self, transport: Any, framer: Any = None) -> C2SStream:
         """A c2s stream on ``transport`` (any ``Transport``; the RFC 6120 framer unless given)."""
@@ -201,6 +254,7 @@ class Server:
         auth["ip"] = stream.transport.peer_ip
         auth["secure"] = stream.transport.is_secure
         session = Session(jid, self.events.filters, auth)
+        stream.transport.authenticated()
         old = self.sessions.add(session)
         if old is not None:
             self.sessions.close(old, "conflict", "replaced by a new session")

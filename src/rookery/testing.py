@@ -51,6 +51,8 @@ class RunningServer:
             # tests log in wrongly on purpose, all from 127.0.0.1: the per-IP limit is set out of reach
             "c2s": {"listen": ["127.0.0.1:0"], "direct_tls_listen": ["127.0.0.1:0"],
                     "auth_failure_delay": 0.1, "keepalive_interval": 0, "max_auth_failures_per_ip": 10000},
+            # every test client comes from 127.0.0.1: per-address connection limits out of reach too
+            "limits": {"max_connections_per_ip": 0, "max_unauthenticated_per_ip": 0},
         }
         self.config = Config.model_validate(_merge(base, settings))
         self.data_dir = data_dir

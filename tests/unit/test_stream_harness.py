@@ -74,6 +74,9 @@ class MemoryTransport:
     def abort(self) -> None:
         self.closed = True
 
+    def authenticated(self) -> None:
+        self.authed = True
+
     def pause_reading(self) -> None:
         self.paused = True
 

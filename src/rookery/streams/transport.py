@@ -41,6 +41,10 @@ class Transport(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
+    def authenticated(self) -> None:
+        """The peer authenticated (connection limits stop counting it as unauthenticated)."""
+        ...
+
     def close(self) -> None:
         """Flush what is pending, then close."""
         ...

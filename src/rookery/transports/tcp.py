@@ -14,6 +14,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from .limits import ConnectionLimiter, address_key
+
 log = logging.getLogger(__name__)
 
 
@@ -58,11 +60,15 @@ class StreamProtocol(asyncio.Protocol):
 
     __slots__ = ("transport", "stream", "_out", "_factory", "is_secure", "ssl_context", "peer_ip",
                  "is_loopback", "cb_data", "_closing", "_upgrading", "_flusher", "_held", "_limit",
-                 "_tokens", "_stamp", "_throttled", "_backlog")
+                 "_tokens", "_stamp", "_throttled", "_backlog", "_admission", "_key", "_authed")
 
     def __init__(self, stream_factory: Callable[[StreamProtocol], Any], ssl_context: ssl.SSLContext | None,
-                 direct_tls: bool, cb_data: bytes | None, flusher: Flusher) -> None:
+                 direct_tls: bool, cb_data: bytes | None, flusher: Flusher,
+                 admission: ConnectionLimiter | None = None) -> None:
         self._factory = stream_factory
+        self._admission = admission
+        self._key: str | None = None  # the address key, once admitted
+        self._authed = False
         self._flusher = flusher
         self.ssl_context = ssl_context
         self.is_secure = direct_tls
@@ -91,6 +97,14 @@ class StreamProtocol(asyncio.Protocol):
                 self.is_loopback = ipaddress.ip_address(self.peer_ip.split("%")[0]).is_loopback
             except ValueError:
                 self.is_loopback = False
+        adm = self._admission
+        if adm is not None:
+            key = address_key(self.peer_ip)
+            if adm.admit(key) is not None:  # over a limit: closed at once, nothing read (F1)
+                self._closing = True
+                transport.abort()  # type: ignore[attr-defined]
+                return
+            self._key = key
         self.stream = self._factory(self)
 
     def set_rate_limit(self, limit: RateLimit | None) -> None:
@@ -158,6 +172,9 @@ class StreamProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._out.clear()
+        if self._key is not None and self._admission is not None:
+            self._admission.released(self._key, self._authed)
+            self._key = None
         if self.stream is not None:
             self.stream.connection_lost()
 
@@ -165,6 +182,13 @@ class StreamProtocol(asyncio.Protocol):
     @property
     def can_starttls(self) -> bool:
         return self.ssl_context is not None and not self.is_secure
+
+    def authenticated(self) -> None:
+        """The peer authenticated: it leaves the unauthenticated-per-address count."""
+        if not self._authed:
+            self._authed = True
+            if self._key is not None and self._admission is not None:
+                self._admission.authenticated(self._key)
 
     def write(self, data: bytes) -> None:
         if self._closing:
