@@ -36,6 +36,8 @@ class T:
     def authenticated(self):
         pass
 
+    write_blocked = False
+
     def abort(self):
         pass
 

@@ -106,6 +106,10 @@ class LimitsConfig(_Section):
     max_connections: int = Field(0, ge=0)
     max_connections_per_ip: int = Field(64, ge=0)
     max_unauthenticated_per_ip: int = Field(16, ge=0)
+    #: bytes that may wait to be sent to one client; over it nothing more is read from it
+    max_send_buffer: int = Field(1048576, ge=4096)
+    #: seconds a client over max_send_buffer has to read before it is disconnected
+    send_timeout: float = Field(60.0, gt=0)
 
 
 class OfflineConfig(_Section):

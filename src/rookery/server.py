@@ -38,7 +38,7 @@ from .streams.starttls import StartTLS
 from .streams.transport import StreamFramer
 from .streams.xmlstream import StreamLimits
 from .transports.limits import ConnectionLimiter
-from .transports.tcp import Flusher, RateLimit, StreamProtocol, listen
+from .transports.tcp import Flusher, RateLimit, SendLimit, StreamProtocol, listen
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,11 @@ class Server:
         rate = cfg.c2s.max_bytes_per_second
         limit = RateLimit(rate, max(cfg.c2s.burst_bytes, cfg.c2s.max_stanza_size)) if rate > 0 else None
 
+        send_limit = SendLimit(cfg.limits.max_send_buffer, cfg.limits.send_timeout)
+
         def c2s_stream(t: StreamProtocol) -> C2SStream:
             t.set_rate_limit(limit)
+            t.set_send_limit(send_limit)
             return self.new_c2s_stream(t)
 
         def c2s_factory(ctx: Any, direct: bool) -> Any:

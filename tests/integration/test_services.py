@@ -530,15 +530,21 @@ async def test_private_storage_errors_and_empty_get(server):
 
 
 # -- XEP-0160 offline messages -------------------------------------------------------------------
+async def offline_count_becomes(server: RunningServer, jid: JID, n: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while server.call(server.server.storage.offline.count, jid.domain, jid.local) != n:
+        assert time.monotonic() < deadline, f"offline count of {jid} never became {n}"
+        await asyncio.sleep(0.02)
+
+
 async def test_offline_message_is_delivered_on_login_with_delay(server):
     a, pa = server.make_user()
     b, pb = server.make_user()
     ca = await client(server, a, pa)
     try:
         ca.send_message(mto=b, mbody="while you were out", mtype="chat")
-        await asyncio.sleep(0.3)
         o = JID.parse(b)
-        assert server.call(server.server.storage.offline.count, o.domain, o.local) == 1
+        await offline_count_becomes(server, o, 1)
         before = time.time()
         cb = await client(server, b, pb, "xep_0203", presence=False)
         got: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -552,7 +558,7 @@ async def test_offline_message_is_delivered_on_login_with_delay(server):
         assert delay["from"].full == server.domain
         assert before - 5 < delay["stamp"].timestamp() <= before
         assert delay["text"] == "Offline Storage"
-        assert server.call(server.server.storage.offline.count, o.domain, o.local) == 0
+        await offline_count_becomes(server, o, 0)  # removed once handed over (crash-safe delivery)
         await disconnect(cb)
     finally:
         await disconnect(ca)

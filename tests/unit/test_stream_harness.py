@@ -77,6 +77,11 @@ class MemoryTransport:
     def authenticated(self) -> None:
         self.authed = True
 
+    write_blocked = False
+
+    async def writable(self) -> None:
+        pass
+
     def pause_reading(self) -> None:
         self.paused = True
 

@@ -45,6 +45,15 @@ class Transport(Protocol):
         """The peer authenticated (connection limits stop counting it as unauthenticated)."""
         ...
 
+    @property
+    def write_blocked(self) -> bool:
+        """Over the send-buffer mark: the peer does not read; take no more work from it."""
+        ...
+
+    async def writable(self) -> None:
+        """Until ``write_blocked`` is over (or the connection is gone)."""
+        ...
+
     def close(self) -> None:
         """Flush what is pending, then close."""
         ...

@@ -185,6 +185,11 @@ class XMLStream:
                 r = None
                 q = self._queue
                 while q and r is None and not self.closed:
+                    if self.transport.write_blocked:
+                        # the peer does not read what it asked for: no more answers until it does
+                        await self.transport.writable()
+                        if self.closed:
+                            break
                     item = q.popleft()
                     r = self.process(item) if isinstance(item, Element) else item
         finally:

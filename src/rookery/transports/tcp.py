@@ -29,6 +29,20 @@ class RateLimit:
         self.burst = burst
 
 
+CLOSE_GRACE = 5.0  # seconds a closed connection may take to send what is left
+
+
+class SendLimit:
+    """What may wait to be sent to one peer (``max_buffer`` bytes), and for how long it may not read
+    (``timeout`` seconds) before it is cut."""
+
+    __slots__ = ("max_buffer", "timeout")
+
+    def __init__(self, max_buffer: int, timeout: float) -> None:
+        self.max_buffer = max_buffer
+        self.timeout = timeout
+
+
 class Flusher:
     """Collects transports with pending output and writes them all once per loop turn.
 
@@ -60,7 +74,9 @@ class StreamProtocol(asyncio.Protocol):
 
     __slots__ = ("transport", "stream", "_out", "_factory", "is_secure", "ssl_context", "peer_ip",
                  "is_loopback", "cb_data", "_closing", "_upgrading", "_flusher", "_held", "_limit",
-                 "_tokens", "_stamp", "_throttled", "_backlog", "_admission", "_key", "_authed")
+                 "_tokens", "_stamp", "_throttled", "_backlog", "_admission", "_key", "_authed",
+                 "_stream_paused", "_write_paused", "_reading", "_send_limit", "_send_timer", "_grace_timer",
+                 "_writable")
 
     def __init__(self, stream_factory: Callable[[StreamProtocol], Any], ssl_context: ssl.SSLContext | None,
                  direct_tls: bool, cb_data: bytes | None, flusher: Flusher,
@@ -69,6 +85,14 @@ class StreamProtocol(asyncio.Protocol):
         self._admission = admission
         self._key: str | None = None  # the address key, once admitted
         self._authed = False
+        # reading goes on unless the stream waits (ordering), the rate limit or the send buffer says stop
+        self._stream_paused = False
+        self._write_paused = False
+        self._reading = True
+        self._send_limit: SendLimit | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._writable: asyncio.Event | None = None  # made while someone waits for write_blocked to end
         self._flusher = flusher
         self.ssl_context = ssl_context
         self.is_secure = direct_tls
@@ -107,6 +131,58 @@ class StreamProtocol(asyncio.Protocol):
             self._key = key
         self.stream = self._factory(self)
 
+    def set_send_limit(self, limit: SendLimit | None) -> None:
+        """Bound what waits to be sent to this peer (issue F2, see ``SendLimit``)."""
+        self._send_limit = limit
+        if limit is not None and self.transport is not None:
+            self.transport.set_write_buffer_limits(high=limit.max_buffer)
+
+    # asyncio flow control: the peer does not read what we send
+    def pause_writing(self) -> None:
+        """Over ``max_send_buffer``: take no more work from this peer, and give it ``send_timeout`` to
+        read before it is cut."""
+        self._write_paused = True
+        self._update_reading()
+        limit = self._send_limit
+        if limit is not None and self._send_timer is None and not self._closing:
+            self._send_timer = asyncio.get_running_loop().call_later(limit.timeout, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        self._update_reading()
+        if self._writable is not None:
+            self._writable.set()
+
+    @property
+    def write_blocked(self) -> bool:
+        return self._write_paused and not self._closing
+
+    async def writable(self) -> None:
+        if not self.write_blocked:
+            return
+        if self._writable is None or self._writable.is_set():
+            self._writable = asyncio.Event()
+        await self._writable.wait()
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        if self._write_paused:
+            log.info("closing a connection from %s that did not read for %s s", self.peer_ip,
+                     self._send_limit.timeout if self._send_limit else "?")
+            self.abort()
+
+    def _update_reading(self) -> None:
+        want = not (self._stream_paused or self._throttled or self._write_paused)
+        if want != self._reading and self.transport is not None and not self._closing:
+            self._reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
     def set_rate_limit(self, limit: RateLimit | None) -> None:
         self._limit = limit
         if limit is not None:
@@ -135,14 +211,12 @@ class StreamProtocol(asyncio.Protocol):
         if backlog and not self._closing:
             if not self._throttled:
                 self._throttled = True
-                if self.transport is not None:
-                    self.transport.pause_reading()
+                self._update_reading()
             wait = (min(len(backlog), limit.burst) - self._tokens) / limit.rate
             asyncio.get_running_loop().call_later(max(wait, 0.005), self._drain_backlog)
         elif self._throttled:
             self._throttled = False
-            if not self._closing and self.transport is not None:
-                self.transport.resume_reading()
+            self._update_reading()
 
     def data_received(self, data: bytes) -> None:
         limit = self._limit
@@ -172,6 +246,12 @@ class StreamProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._out.clear()
+        for t in (self._send_timer, self._grace_timer):
+            if t is not None:
+                t.cancel()
+        self._send_timer = self._grace_timer = None
+        if self._writable is not None:
+            self._writable.set()  # whoever waits to write learns the connection is gone
         if self._key is not None and self._admission is not None:
             self._admission.released(self._key, self._authed)
             self._key = None
@@ -204,13 +284,21 @@ class StreamProtocol(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
-        """Flush what is pending, then close the socket."""
+        """Flush what is pending, then close the socket; a peer that does not read what is left gets
+        ``CLOSE_GRACE`` seconds before the connection is cut (issue F2)."""
         if self._closing:
             return
         self.flush()
         self._closing = True
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is not None:
+            try:
+                pending = t.get_write_buffer_size()
+            except (AttributeError, RuntimeError):  # an SSL transport already torn down
+                pending = 0
+            t.close()
+            if pending > 0:
+                self._grace_timer = asyncio.get_running_loop().call_later(CLOSE_GRACE, t.abort)
 
     def abort(self) -> None:
         self._closing = True
@@ -218,12 +306,12 @@ class StreamProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self._closing:
-            self.transport.pause_reading()
+        self._stream_paused = True
+        self._update_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self._closing and not self._throttled:
-            self.transport.resume_reading()
+        self._stream_paused = False
+        self._update_reading()
 
     async def start_tls(self) -> None:
         """RFC 6120 §5.4.3.3: after <proceed/>, the TLS handshake on the same connection."""
@@ -240,6 +328,8 @@ class StreamProtocol(asyncio.Protocol):
             raise ConnectionError("TLS upgrade failed")
         self.transport = new  # type: ignore[assignment]
         self.is_secure = True
+        if self._send_limit is not None:
+            new.set_write_buffer_limits(high=self._send_limit.max_buffer)
         held, self._held = self._held, []
         for data in held:
             self._deliver(data)
