@@ -216,6 +216,9 @@ class Register(Module):
                       password: str) -> None:
         from ..streams.sasl import make_credentials
 
+        if await self.storage.accounts.exists(host, user):  # before the costly key derivation
+            stream.send(_error(el, "conflict", "that username is taken"))
+            return
         creds = await asyncio.get_running_loop().run_in_executor(None, make_credentials, password)
         token = stream.ext.get(_TOKEN) if opts.invite_only else None
         async with self._token_lock:  # a token allows one account, however many streams hold it
