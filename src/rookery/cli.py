@@ -1,4 +1,4 @@
-"""Command line: ``rookery serve | adduser | passwd | deluser | users | check``.
+"""Command line: ``rookery serve | adduser | passwd | deluser | users | invite | check``.
 
 Every error is one line naming the problem, with a non-zero exit status.  User commands work while
 the server runs: they write to storage and tell the running server over its control socket.
@@ -162,6 +162,37 @@ def cmd_users(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_invite(args: argparse.Namespace) -> int:
+    """XEP-0401 / XEP-0445: a single-use invite token for in-band registration (``[register]
+    invite_only``), printed with its ``xmpp:`` URI."""
+    from .modules.register import INVITES_STORE, create_invite, invite_uri
+    from .storage.views import ModuleStores
+
+    cfg = _config(args)
+    domain = cfg.domains[0]
+    if args.domain is not None:
+        try:
+            domain = JID.parse(args.domain).domain
+        except InvalidJID as e:
+            raise CLIError(f"invalid domain {args.domain!r}: {e}") from None
+        if domain not in cfg.domains or JID.parse(args.domain).local is not None:
+            raise CLIError(f"domain {args.domain!r} is not served here (domains: {', '.join(cfg.domains)})")
+    try:
+        expires = float(args.expires)
+    except ValueError:
+        expires = -1.0
+    if not 0 < expires <= 10 * 365 * 86400:
+        raise CLIError(f"--expires: {args.expires!r} is not a positive number of seconds (at most ten years)")
+
+    async def make(st: Any) -> str:
+        return await create_invite(ModuleStores(st).open_store("register", INVITES_STORE, "map"), domain, expires)
+
+    token = asyncio.run(_with_storage(cfg, make))
+    print(token)
+    print(invite_uri(domain, token))
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _check_paths(cfg, create=False)
@@ -230,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("users", parents=[common], help="list accounts")
     sp.add_argument("domain", nargs="?")
     sp.set_defaults(fn=cmd_users)
+    sp = sub.add_parser("invite", parents=[common], help="make a single-use invite token for in-band registration")
+    sp.add_argument("--domain", "-d", help="the domain the account will be on (default: the first served domain)")
+    sp.add_argument("--expires", "-e", default="604800", metavar="SECONDS",
+                    help="how long the token is valid (default: 604800, a week)")
+    sp.set_defaults(fn=cmd_invite)
     sub.add_parser("check", parents=[common], help="validate the configuration").set_defaults(fn=cmd_check)
     return p
 

@@ -15,7 +15,7 @@ from .jid import InvalidJID, nameprep
 
 DEFAULT_MODULES = [
     "roster", "presence", "disco", "caps", "ping", "version", "time", "last", "vcard", "private",
-    "offline", "session",
+    "offline", "session", "register", "contact_info",
 ]
 
 
@@ -120,8 +120,22 @@ class VersionConfig(_Section):
     show_os: bool = False
 
 
-#: sections of the first release that hold a module's options ([modules.<name>] works as well)
-LEGACY_MODULE_SECTIONS = ("offline", "version")
+class RegisterConfig(_Section):
+    """``[register]``: XEP-0077 in-band registration (the ``register`` module's options)."""
+
+    #: accounts may be created in-band (password change and removal work regardless)
+    allow: bool = False
+    #: creating an account needs an invite token from ``rookery invite`` (XEP-0401/XEP-0445)
+    invite_only: bool = False
+    #: most accounts created in-band from one IP address per ``window`` seconds (0: no limit)
+    max_per_ip: int = Field(5, ge=0)
+    #: the period of ``max_per_ip``, in seconds
+    window: float = Field(3600.0, gt=0)
+
+
+#: top-level sections that hold a module's options ([modules.<name>] works as well): the first
+#: release's ``[offline]`` and ``[version]``, and ``[register]``
+LEGACY_MODULE_SECTIONS = {"offline": "offline", "version": "version", "register": "register_"}
 
 
 class VHostConfig(_Section):
@@ -149,6 +163,8 @@ class Config(_Section):
     limits: LimitsConfig = LimitsConfig()
     offline: OfflineConfig = OfflineConfig()
     version: VersionConfig = VersionConfig()
+    #: ``[register]`` (the attribute has a trailing underscore: ``register`` is a ``BaseModel`` method)
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
 
     @model_validator(mode="before")
     @classmethod
@@ -244,7 +260,7 @@ class Config(_Section):
         """The raw options of ``module`` (legacy section, then ``[modules.<name>]``, then the vhost's)."""
         out: dict[str, Any] = {}
         if module in LEGACY_MODULE_SECTIONS:
-            section: BaseModel = getattr(self, module)
+            section: BaseModel = getattr(self, LEGACY_MODULE_SECTIONS[module])
             out.update(section.model_dump(exclude_unset=True))
         out.update(self.module_options.get(module, {}))
         if host is not None and host in self.vhosts:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 #: the domain a server-wide event is about, from its arguments (a fold's value comes first)
 _HOST_OF: dict[str, Callable[..., str | None]] = {
     "stream-features": lambda _v, stream: stream.local_domain,
+    "stream-features-pre-auth": lambda _v, stream: stream.local_domain,
     "delivery-failed": lambda _v, st: st.to.domain if st.to is not None else None,
     "disco-items": lambda _v, host: host,
     "disco-forms": lambda _v, host: host,
@@ -40,7 +41,8 @@ _HOST_OF: dict[str, Callable[..., str | None]] = {
     "message-delivered": lambda st, _targets: st.to.domain if st.to is not None else None,
     "user-deleted": lambda host, _user: host,
 }
-FOLD_EVENTS = frozenset(("stream-features", "delivery-failed", "disco-items", "disco-forms", "session-stream-lost"))
+FOLD_EVENTS = frozenset(("stream-features", "stream-features-pre-auth", "delivery-failed", "disco-items",
+                         "disco-forms", "session-stream-lost"))
 
 
 def _scoped(event: str, fn: Callable[..., Any], hosts: frozenset[str]) -> Callable[..., Any]:

@@ -245,8 +245,10 @@ class Server:
         return self.elements.get(tag)
 
     def stream_features(self, stream: C2SStream, features: Element) -> Awaitable[Any] | None:
-        """The ``stream-features`` fold: each module adds to ``features`` (may be async)."""
-        r = self.events.fold("stream-features", features, stream)
+        """The ``stream-features`` fold (authenticated streams) or ``stream-features-pre-auth`` (before
+        authentication): each module adds to ``features`` (may be async)."""
+        event = "stream-features" if stream.authenticated else "stream-features-pre-auth"
+        r = self.events.fold(event, features, stream)
         return r if isawaitable(r) else None
 
     def bind(self, stream: C2SStream, username: str, resource: str) -> Session:

@@ -189,3 +189,26 @@ def test_unreadable_file_is_a_config_error(tmp_path, kind):
         path.mkdir()
     with pytest.raises(ConfigError, match=r"^cannot read config file .*nope\.toml: "):
         load_config(str(path))
+
+
+def test_register_section_defaults_keys_and_bad_values(tmp_path):
+    cfg = load_text(tmp_path, "")
+    assert "register" in DEFAULT_MODULES and "contact_info" in DEFAULT_MODULES
+    assert cfg.options_of("register") == {}
+    assert cfg.register_.allow is False and cfg.register_.invite_only is False
+    cfg = load_text(tmp_path, "[register]\nallow = true\nmax_per_ip = 2\n[vhosts.localhost.options.register]\nallow = false\n")
+    assert cfg.options_of("register") == {"allow": True, "max_per_ip": 2}
+    assert cfg.options_of("register", "localhost") == {"allow": False, "max_per_ip": 2}
+    assert "register.allw: unknown key" in config_error(tmp_path, "[register]\nallw = true\n")
+    assert "register.allow" in config_error(tmp_path, "[register]\nallow = 'maybe'\n")
+    assert "register.max_per_ip" in config_error(tmp_path, "[register]\nmax_per_ip = -1\n")
+    assert "register.window" in config_error(tmp_path, "[register]\nwindow = 0\n")
+    assert "modules.register.invite_only" in config_error(tmp_path, "[modules.register]\ninvite_only = 3\n")
+
+
+def test_contact_info_options_are_lists_of_uris(tmp_path):
+    cfg = load_text(tmp_path, '[modules.contact_info]\nadmin = ["mailto:a@example.org", "xmpp:a@example.org"]\n')
+    assert cfg.options_of("contact_info") == {"admin": ["mailto:a@example.org", "xmpp:a@example.org"]}
+    assert "modules.contact_info.admin" in config_error(tmp_path, '[modules.contact_info]\nadmin = ["a@example.org"]\n')
+    assert "modules.contact_info.admin" in config_error(tmp_path, '[modules.contact_info]\nadmin = "mailto:a@b"\n')
+    assert "modules.contact_info.postal" in config_error(tmp_path, '[modules.contact_info]\npostal = []\n')

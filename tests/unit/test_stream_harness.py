@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 from typing import Any
 from xml.etree.ElementTree import Element, XMLPullParser
 
@@ -122,6 +123,7 @@ class FakeHost:
         self.sessions: dict[str, Session] = {}
         self.handlers: dict[str, Any] = {}
         self.features_hook: Any = None
+        self.pre_auth_features_hook: Any = None
         self.keep_sessions = False
         self.ended: list[tuple[C2SStream, Session | None]] = []
         self.filters: list[Any] = []
@@ -142,7 +144,10 @@ class FakeHost:
         return self.handlers.get(tag)
 
     def stream_features(self, stream: C2SStream, features: Element) -> Any:
-        return self.features_hook(features) if self.features_hook else None
+        # like Server: "stream-features" once authenticated, "stream-features-pre-auth" before
+        hook = self.features_hook if stream.authenticated else self.pre_auth_features_hook
+        r = hook(features) if hook else None
+        return r if inspect.isawaitable(r) else None
 
     def bind(self, stream: C2SStream, username: str, resource: str) -> Session:
         s = Session(JID(username, stream.local_domain, resource), self.filters)
@@ -402,3 +407,59 @@ async def test_not_well_formed_input_is_a_stream_error_not_an_exception():
     t.feed("<message><body>oops</message>", bytewise=False)
     (err,) = t.take()
     assert err.find("{urn:ietf:params:xml:ns:xmpp-streams}not-well-formed") is not None and t.closed
+
+
+async def test_a_pre_bind_iq_goes_to_the_element_handler_of_its_payload():
+    """The seam of XEP-0077 §3.1: before authentication an iq no negotiator takes reaches the module
+    handler registered for its payload's qualified name (with the whole <iq/>); an iq with another
+    payload, or any message or presence, is still <not-authorized/>."""
+    host = FakeHost()
+    seen: list[tuple[str, bool]] = []
+
+    def handler(stream: C2SStream, el: Element) -> None:
+        seen.append((el.tag, stream.authenticated))
+        stream.send(Element("iq", type="result", id=el.get("id", "")))
+
+    host.handlers["{jabber:iq:register}query"] = handler
+    stream, t = new_stream(host)
+    t.feed(HEADER)
+    t.take()
+    t.feed("<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>")
+    (result,) = t.take()
+    assert result.get("id") == "r1" and seen == [("iq", False)]
+    t.feed("<iq type='get' id='v1'><query xmlns='jabber:iq:version'/></iq>")
+    (err,) = t.take()
+    assert err.find("{urn:ietf:params:xml:ns:xmpp-streams}not-authorized") is not None and t.closed
+
+    for stanza in ("<message to='x@example.org'><query xmlns='jabber:iq:register'/></message>",
+                   "<iq type='get' id='e'/>"):
+        stream, t = new_stream(host)
+        t.feed(HEADER)
+        t.take()
+        t.feed(stanza)
+        (err,) = t.take()
+        assert err.find("{urn:ietf:params:xml:ns:xmpp-streams}not-authorized") is not None and t.closed
+    assert seen == [("iq", False)]
+
+
+async def test_features_before_authentication_come_from_the_pre_auth_fold_and_after_from_the_other():
+    host = FakeHost()
+
+    def pre(features: Element) -> Element:
+        features.append(Element("{urn:test}pre"))
+        return features
+
+    def post(features: Element) -> Element:
+        features.append(Element("{urn:test}post"))
+        return features
+
+    host.pre_auth_features_hook = pre
+    host.features_hook = post
+    stream, t = new_stream(host)
+    t.feed(HEADER)
+    (features,) = t.take()
+    assert features.find("{urn:test}pre") is not None and features.find("{urn:test}post") is None
+    assert features.find(f"{{{SASL}}}mechanisms") is not None
+    (features,) = await scram_login(t)
+    assert features.find("{urn:test}post") is not None and features.find("{urn:test}pre") is None
+    assert features.find(f"{{{BIND}}}bind") is not None

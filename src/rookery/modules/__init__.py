@@ -24,6 +24,8 @@ BUILTIN: dict[str, str] = {
     "private": "rookery.modules.private:PrivateStorage",
     "offline": "rookery.modules.offline:Offline",
     "session": "rookery.modules.session:Session",
+    "register": "rookery.modules.register:Register",
+    "contact_info": "rookery.modules.contact_info:ContactInfo",
 }
 
 

@@ -362,5 +362,17 @@ class Roster(Module):
             self._forget(jid.domain, jid.local)
 
     @hook("user-deleted")
-    def user_deleted(self, host: str, user: str) -> None:
+    async def user_deleted(self, host: str, user: str) -> None:
+        """Forget the account's roster; storage has removed it from the rosters of local contacts
+        (``AccountStore.delete``): update their cached rosters and push the removal (§2.5.2)."""
         self._forget(host, user)
+        bare = f"{user}@{host}"
+        for key, c in list(self._cache.items()):
+            if bare not in c.items:
+                continue
+            ver, _items = await self.storage.roster.get(*key)
+            c = self._cache.get(key)  # type: ignore[assignment]
+            if c is not None:
+                c.items.pop(bare, None)
+                c.ver = _newer(c.ver, ver)
+            self.push(key[0], key[1], bare, ver)

@@ -49,7 +49,8 @@ class AccountStore(Protocol):
         """Replace the credentials; False when there is no such account."""
 
     async def delete(self, host: str, user: str) -> bool:
-        """Delete the account and every piece of its data in every store; False when missing."""
+        """Delete the account and every piece of its data in every store, and remove it from the
+        rosters (items and pending requests) of the other local accounts; False when missing."""
 
     async def exists(self, host: str, user: str) -> bool: ...
 

@@ -236,7 +236,23 @@ class SQLAccountStore:
         return await self._db._write(tx)
 
     async def delete(self, host: str, user: str) -> bool:
+        bare = f"{user}@{host}"
+
         async def tx(conn: AsyncConnection) -> bool:
+            # RFC 6121 §2.5 / XEP-0077 §3.2: the account leaves the rosters of local contacts (their
+            # versions change, so versioned clients see the removal) and their pending requests
+            holders = await conn.execute(
+                sa.select(roster_items.c.host, roster_items.c.username).where(roster_items.c.contact == bare)
+            )
+            for h, u in holders.all():
+                if (h, u) == (host, user):
+                    continue
+                bump = self._db._insert(roster_versions).values(host=h, username=u, version=1)
+                await conn.execute(bump.on_conflict_do_update(
+                    index_elements=["host", "username"], set_={"version": roster_versions.c.version + 1}))
+                await conn.execute(sa.delete(roster_items).where(
+                    _user(roster_items, h, u), roster_items.c.contact == bare))
+            await conn.execute(sa.delete(roster_pending_in).where(roster_pending_in.c.contact == bare))
             for table in _USER_TABLES:
                 await conn.execute(sa.delete(table).where(_user(table, host, user)))
             stmt = sa.delete(accounts).where(_user(accounts, host, user)).returning(accounts.c.host)

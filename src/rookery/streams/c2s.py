@@ -3,7 +3,8 @@
 
 Before binding, top-level elements go to the stream's negotiators (``StartTLS``, ``SASLAuth``,
 ``Bind``, and XEP-0078 ``LegacyAuth`` when enabled), found by qualified name (an iq by its payload's);
-stanzas are ``<not-authorized/>``.  Binding creates a ``Session`` (``streams.session``) through the
+an iq no negotiator takes goes to the module element handler of its payload's qualified name, if any
+(XEP-0077 §3.1 registration before authentication); other stanzas are ``<not-authorized/>``.  Binding creates a ``Session`` (``streams.session``) through the
 ``C2SHost`` (the server) and attaches it to this stream.  After binding, stanzas get their 'from'
 stamped (RFC 6120 §8.1.2.1) and go to the router; other elements go to the handlers modules registered
 for their qualified name (XEP-0198 ``<enable/>``, ``<r/>`` …), else ``<unsupported-stanza-type/>``.
@@ -53,7 +54,8 @@ class C2SHost(Protocol):
         ...
 
     def stream_features(self, stream: C2SStream, features: Element) -> Awaitable[Any] | None:
-        """Let modules add their features (the ``stream-features`` hook)."""
+        """Let modules add their features: the ``stream-features`` fold once ``stream.authenticated``,
+        the ``stream-features-pre-auth`` fold before (XEP-0077 §4 ``<register/>``)."""
         ...
 
     def bind(self, stream: C2SStream, username: str, resource: str) -> Session:
@@ -78,7 +80,7 @@ class C2SStream(XMLStream):
     """One client connection.  After binding it carries a ``Session``."""
 
     __slots__ = ("host", "settings", "authenticated", "username", "session", "auth_info", "sasl",
-                 "accept_pre_1_0", "_pre_1_0", "_negotiators")
+                 "accept_pre_1_0", "ext", "_pre_1_0", "_negotiators")
 
     content_ns = ns.CLIENT
 
@@ -94,6 +96,8 @@ class C2SStream(XMLStream):
         #: the SASL negotiation in progress (``sasl_auth.SASLState``)
         self.sasl: Any = None
         self.accept_pre_1_0 = accept_pre_1_0
+        #: per-module state of this stream before a session exists (e.g. a validated invite token)
+        self.ext: dict[str, Any] = {}
         self._pre_1_0 = False
         self._negotiators = negotiators
         super().__init__(transport, framer, limits, host.spawn)
@@ -140,8 +144,6 @@ class C2SStream(XMLStream):
         f = Element("{%s}features" % ns.STREAM)
         for n in self._negotiators.order:
             n.offer(self, f)
-        if not self.authenticated:
-            return f
         r = self.host.stream_features(self, f)
         if r is None:
             return f
@@ -184,6 +186,10 @@ class C2SStream(XMLStream):
         if n is not None:
             return n.handle(self, el)
         if tag in _STANZA_KINDS:
+            if key is not tag:  # an iq's payload: a module may take it before binding (XEP-0077 §3.1)
+                h = self.host.element_handler(key)
+                if h is not None:
+                    return h(self, el)
             self.stream_error("not-authorized", "authenticate and bind a resource first")
             return None
         h = self.host.element_handler(tag)
