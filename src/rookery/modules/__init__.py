@@ -24,6 +24,9 @@ BUILTIN: dict[str, str] = {
     "private": "rookery.modules.private:PrivateStorage",
     "offline": "rookery.modules.offline:Offline",
     "session": "rookery.modules.session:Session",
+    "carbons": "rookery.modules.carbons:Carbons",
+    "csi": "rookery.modules.csi:CSI",
+    "blocking": "rookery.modules.blocking:Blocking",
 }
 
 
