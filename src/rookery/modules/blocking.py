@@ -78,6 +78,8 @@ class Blocking(Module):
         self.cache: dict[str, frozenset[str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._push_ids = itertools.count()
+        #: the <blocked/> error being delivered to its sender right now (not filtered)
+        self._passing: Element | None = None
 
     # -- the list ----------------------------------------------------------------------------
     async def load(self, host: str, user: str) -> frozenset[str]:
@@ -268,7 +270,12 @@ class Blocking(Module):
             return self._outbound_async(st)
         if matches(items, to.full):
             if st.type != "error":
-                self.ctx.router.reply(st, blocked_error(st))
+                # the error comes "from" the blocked JID: let it through our own filter
+                err = self._passing = blocked_error(st)
+                try:
+                    self.ctx.router.reply(st, err)
+                finally:
+                    self._passing = None
             return True
         if st.kind == "iq" and to.local is not None and self.ctx.enabled_for(to.domain):
             # an iq to an account is answered by the server on its behalf: check the recipient here
@@ -349,7 +356,7 @@ class Blocking(Module):
         stanzas from other servers): dropped, messages and iq get/set answered (§3.3)."""
         jid = session.jid
         items = self.cache.get(jid.bare)
-        if not items:
+        if not items or el is self._passing:
             return el
         frm = el.get("from")
         if frm is None or frm.partition("/")[0] == jid.bare or frm == jid.domain or not matches(items, frm):
