@@ -245,3 +245,42 @@ async def test_own_resources_are_never_blocked(rookery_server):
     finally:
         for c in (a, a2):
             await c.close()
+
+
+async def test_message_path_hooks_exist_only_while_an_online_user_blocks_someone(rookery_server_factory):
+    server = rookery_server_factory()
+    filters = server.server.events.filters
+    table = server.server.routes.by_domain[server.domain].table.chains
+    assert filters == [] and "pre-message" not in table
+    alice, apw = server.make_user()
+    bob, bpw = server.make_user()
+    a = await login(server, alice, apw, "a", presence=False)
+    await block(a, bob)
+    assert len(filters) == 1 and "pre-message" in table
+    await a.close()
+    for _ in range(100):
+        if not filters:
+            break
+        await asyncio.sleep(0.02)
+    assert filters == [] and "pre-message" not in table
+    # offline, the list still applies (checked where offline storage would take the message)
+    b = await login(server, bob, bpw, "b", presence=False)
+    try:
+        b.send(f"<message to='{alice}' type='chat' id='m'><body>x</body></message>")
+        assert error_condition(await b.recv_until(lambda e: e.get("id") == "m")) == "service-unavailable"
+        # back online: the list is loaded at bind and the hooks come back
+        a = await login(server, alice, apw, "a", presence=False)
+        for _ in range(100):
+            if filters:
+                break
+            await asyncio.sleep(0.02)
+        assert len(filters) == 1 and "pre-message" in table
+        b.send(f"<message to='{a.jid}' type='chat' id='m2'><body>x</body></message>")
+        assert error_condition(await b.recv_until(lambda e: e.get("id") == "m2")) == "service-unavailable"
+        await block(a, what="unblock", id="all")
+        assert filters == [] and "pre-message" not in table
+        b.send(f"<message to='{a.jid}' type='chat' id='m3'><body>x</body></message>")
+        assert (await a.recv_until(lambda e: e.tag == f"{C}message")).get("id") == "m3"
+        await a.close()
+    finally:
+        await b.close()

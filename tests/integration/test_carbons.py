@@ -223,3 +223,37 @@ async def test_server_advertises_carbons(rookery_server):
         assert NS in features and "urn:xmpp:blocking" in features
     finally:
         await a.close()
+
+
+async def wait_for_state(pred, timeout: float = 3.0) -> bool:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():
+        if loop.time() > end:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_message_path_hooks_exist_only_while_some_resource_has_carbons(rookery_server_factory):
+    server = rookery_server_factory()
+    bus = server.server.events.chains
+    table = server.server.routes.by_domain[server.domain].table.chains
+    assert "message-delivered" not in bus and "pre-message" not in table
+    alice, apw = server.make_user()
+    a1 = await login(server, alice, apw, "one")
+    a2 = await login(server, alice, apw, "two", carbons=False)
+    try:
+        assert "message-delivered" in bus and "pre-message" in table
+        await a1.iq(f"<iq type='set' id='off'><disable xmlns='{NS}'/></iq>")
+        assert await wait_for_state(lambda: "message-delivered" not in bus and "pre-message" not in table)
+        await a1.iq(f"<iq type='set' id='on'><enable xmlns='{NS}'/></iq>")
+        assert "message-delivered" in bus
+        # the session ending switches them off too
+        await a1.close()
+        assert await wait_for_state(lambda: "message-delivered" not in bus and "pre-message" not in table)
+        a2.send(f"<message to='{alice}/two' type='chat' id='x'><body>still delivered</body></message>")
+        assert (await a2.recv_until(lambda e: e.tag == f"{C}message")).get("id") == "x"
+    finally:
+        for c in (a1, a2):
+            await c.close()

@@ -181,3 +181,28 @@ async def test_csi_before_binding_is_a_stream_error(rookery_server):
         assert await c.stream_error() == "not-authorized"
     finally:
         await c.close()
+
+
+async def test_filter_is_installed_only_while_a_client_is_inactive(rookery_server_factory):
+    server = rookery_server_factory()
+    filters = server.server.events.filters
+    assert filters == []
+    alice, apw = server.make_user()
+    phone = await login(server, alice, apw, "phone")
+    try:
+        phone.send(f"<inactive xmlns='{NS}'/>")
+        await ping_server(phone, "p0")
+        assert len(filters) == 1
+        phone.send(f"<active xmlns='{NS}'/>")
+        await ping_server(phone, "p1")
+        assert filters == []
+        phone.send(f"<inactive xmlns='{NS}'/>")
+        await ping_server(phone, "p2")
+        assert len(filters) == 1
+    finally:
+        await phone.close()
+    for _ in range(100):
+        if not filters:
+            break
+        await asyncio.sleep(0.02)
+    assert filters == []  # the session ended

@@ -19,9 +19,12 @@ and error messages are dropped.  Stanzas the user sends to a blocked JID are not
 on the user's behalf (broadcasts, probes, probe answers) to a blocked JID is dropped, so none flows
 either way.  Where: the ``pre-message``/``pre-presence``/``pre-iq`` chains of the sender's domain
 (local senders, either direction: iqs to an account are answered by the server on its behalf and
-never reach a chain on the recipient side), the ``message/*`` and ``presence/*`` chains of the
-recipient's domain (server-generated stanzas, and offline storage: nothing from a blocked JID is
-stored), and an outbound filter that drops whatever else from a blocked JID would reach a session.
+never reach a chain on the recipient side), the ``presence/*`` chains of the recipient's
+domain (server-generated presence), the ``delivery-failed`` fold (nothing from a blocked JID is
+stored offline), and an outbound filter, installed only while an online user's list is not empty,
+that drops whatever else from a blocked JID would reach a session.  The ``pre-message`` hook is
+installed only while an online user's list is not empty too (messages to offline users are checked
+on ``delivery-failed``), so while nobody online blocks anyone the message path pays nothing.
 
 §6 "JID Matching" (XEP-0016 order): an item ``user@domain/resource`` matches that JID only;
 ``user@domain`` any resource of it; ``domain/resource`` that JID only; ``domain`` the domain and every
@@ -38,8 +41,9 @@ from typing import Any
 from xml.etree.ElementTree import Element, SubElement
 
 from ..jid import JID, InvalidJID
-from ..module import Module, hook, iq_handler, stream_filter
+from ..module import Module, fold, hook, iq_handler
 from ..stanza import Stanza, StanzaError
+from ._switch import Switch
 
 NS = "urn:xmpp:blocking"
 ERRORS = "urn:xmpp:blocking:errors"
@@ -80,6 +84,26 @@ class Blocking(Module):
         self._push_ids = itertools.count()
         #: the <blocked/> error being delivered to its sender right now (not filtered)
         self._passing: Element | None = None
+        #: cached non-empty lists; the outbound filter and the ``pre-message`` hook are installed
+        #: only while there is one (messages to offline users are checked on ``delivery-failed``)
+        self._nonempty = 0
+        self._active = Switch(ctx, lambda c: [c.filter(self.filter, priority=100),
+                                              c.hook("pre-message", self.pre_message, priority=2000)])
+
+    def _cache_set(self, bare: str, items: frozenset[str]) -> None:
+        items = items or _EMPTY
+        old = self.cache.get(bare)
+        self.cache[bare] = items
+        self._nonempty += bool(items) - bool(old)
+        self._toggle_filter()
+
+    def _cache_drop(self, bare: str) -> None:
+        if self.cache.pop(bare, None):
+            self._nonempty -= 1
+            self._toggle_filter()
+
+    def _toggle_filter(self) -> None:
+        self._active.set(self._nonempty > 0)
 
     # -- the list ----------------------------------------------------------------------------
     async def load(self, host: str, user: str) -> frozenset[str]:
@@ -89,8 +113,9 @@ class Blocking(Module):
             return cached
         raw = await self.store.get(host, user)
         items = frozenset(json.loads(raw)) if raw else _EMPTY
-        if self.ctx.sessions.resources(bare):
-            self.cache[bare] = items
+        items = items or _EMPTY
+        if self.ctx.sessions.resources(bare) and bare not in self.cache:
+            self._cache_set(bare, items)
         return items
 
     async def _save(self, host: str, user: str, items: frozenset[str]) -> None:
@@ -100,9 +125,9 @@ class Blocking(Module):
             await self.store.delete(host, user)
         bare = f"{user}@{host}"
         if self.ctx.sessions.resources(bare):
-            self.cache[bare] = items
+            self._cache_set(bare, items)
         else:
-            self.cache.pop(bare, None)
+            self._cache_drop(bare)
 
     def _lock(self, bare: str) -> asyncio.Lock:
         lock = self._locks.get(bare)
@@ -120,14 +145,14 @@ class Blocking(Module):
     def session_ended(self, session: Any) -> None:
         bare = session.jid.bare
         if not self.ctx.sessions.resources(bare):
-            self.cache.pop(bare, None)
+            self._cache_drop(bare)
             lock = self._locks.get(bare)
             if lock is not None and not lock.locked():
                 del self._locks[bare]
 
     @hook("user-deleted")
     def user_deleted(self, host: str, user: str) -> None:
-        self.cache.pop(f"{user}@{host}", None)
+        self._cache_drop(f"{user}@{host}")
 
     # -- §3.2-§3.5 the iqs -----------------------------------------------------------------
     async def _own(self, request: Stanza) -> tuple[str, str]:
@@ -277,8 +302,9 @@ class Blocking(Module):
                 finally:
                     self._passing = None
             return True
-        if st.kind == "iq" and to.local is not None and self.ctx.enabled_for(to.domain):
-            # an iq to an account is answered by the server on its behalf: check the recipient here
+        if st.kind != "presence" and to.local is not None and self.ctx.enabled_for(to.domain):
+            # a local recipient's list, here on the sender's side: an iq to an account is answered
+            # by the server on its behalf, and messages need no chain of their own on the way in
             r = self._blocks(to, frm.full)
             if r is True:
                 return self._bounce(st)
@@ -295,8 +321,14 @@ class Blocking(Module):
             return await r
         return r
 
-    @hook("pre-message", priority=2000)
     def pre_message(self, st: Stanza) -> bool | Awaitable[bool]:
+        """Installed while an online user's list is not empty."""
+        to, frm = st.to, st.from_
+        if to is not None and frm is not None:
+            # the hot path: both accounts online, neither blocks anyone
+            cache = self.cache
+            if cache.get(frm.bare) is _EMPTY and cache.get(to.bare) is _EMPTY:
+                return False
         return self._outbound(st)
 
     @hook("pre-presence", priority=2000)
@@ -334,13 +366,17 @@ class Blocking(Module):
             return False
         return self._inbound_after(r, st)
 
-    @hook("message/bare", priority=2000)
-    def message_bare(self, st: Stanza) -> bool | Awaitable[bool]:
-        return self._inbound(st)
-
-    @hook("message/full", priority=2000)
-    def message_full(self, st: Stanza) -> bool | Awaitable[bool]:
-        return self._inbound(st)
+    @fold("delivery-failed", priority=2000)
+    def undeliverable(self, handled: bool, st: Stanza) -> bool | Awaitable[bool]:
+        """A message for offline storage: nothing from a blocked JID is stored."""
+        if handled or st.from_ is None or st.to is None:
+            return handled
+        r = self._blocks(st.to, st.from_.full)
+        if r is True:
+            return self._bounce(st)
+        if r is False:
+            return False
+        return self._inbound_after(r, st)
 
     @hook("presence/bare", priority=2000)
     def presence_bare(self, st: Stanza) -> bool | Awaitable[bool]:
@@ -350,7 +386,6 @@ class Blocking(Module):
     def presence_full(self, st: Stanza) -> bool | Awaitable[bool]:
         return self._inbound(st)
 
-    @stream_filter(priority=100)
     def filter(self, session: Any, el: Element) -> Element | None:
         """Whatever else from a blocked JID would reach a session (iqs to a full JID, iq results,
         stanzas from other servers): dropped, messages and iq get/set answered (§3.3)."""

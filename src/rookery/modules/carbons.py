@@ -19,7 +19,8 @@ when no resource took the message (``delivery-failed``: offline storage follows 
 "Sending Messages": on ``pre-message`` (before routing; never handles the stanza) every other
 carbons-enabled resource of the sender gets ``<sent/>``, whether or not the sender enabled carbons.
 Copies are ``<message from='user@domain' to='user@domain/resource' type='(same)'>`` wrapping the
-original in a XEP-0297 ``<forwarded/>``.  Copies are delivered straight to the sessions, never routed,
+original in a XEP-0297 ``<forwarded/>``.  These hooks are installed only while some resource has carbons
+enabled.  Copies are delivered straight to the sessions, never routed,
 so a copy is never copied again and a failing copy never bounces to the sender (§11).
 """
 
@@ -28,9 +29,10 @@ from __future__ import annotations
 from typing import Any
 from xml.etree.ElementTree import Element, SubElement
 
-from ..module import Module, fold, hook, iq_handler
+from ..module import Module, hook, iq_handler
 from ..routing.registry import SessionRef
 from ..stanza import Stanza, StanzaError
+from ._switch import Switch
 
 NS = "urn:xmpp:carbons:2"
 FORWARD = "urn:xmpp:forward:0"
@@ -111,6 +113,10 @@ class Carbons(Module):
         super().__init__(ctx)
         #: bare JID -> resource -> session, for the carbons-enabled sessions (one lookup per message)
         self.enabled: dict[str, dict[str, SessionRef]] = {}
+        #: the message-path hooks, installed only while some resource has carbons enabled
+        self._copying = Switch(ctx, lambda c: [c.hook("pre-message", self.sent, priority=900),
+                                               c.hook("message-delivered", self.delivered),
+                                               c.hook("delivery-failed", self.undelivered, priority=1000)])
 
     # -- §3, §4 enable / disable --------------------------------------------------------------
     def _own(self, request: Stanza) -> SessionRef:
@@ -125,6 +131,7 @@ class Carbons(Module):
         jid = session.jid
         session.ext["carbons"] = True
         self.enabled.setdefault(jid.bare, {})[jid.resource or ""] = session
+        self._copying.set(True)
         return request.result()
 
     @iq_handler("set", NS, "disable", to="bare")
@@ -141,6 +148,7 @@ class Carbons(Module):
             del res[jid.resource or ""]
             if not res:
                 del self.enabled[jid.bare]
+                self._copying.set(bool(self.enabled))
 
     @hook("session-ended")
     def session_ended(self, session: Any) -> None:
@@ -159,7 +167,6 @@ class Carbons(Module):
         for s in targets:
             deliver(s, wrap(inner, direction, bare, s.jid.full, st.type))
 
-    @hook("pre-message", priority=900)
     def sent(self, st: Stanza) -> None:
         """§6 "Sending Messages": ``<sent/>`` to the sender's other carbons-enabled resources."""
         frm, to = st.from_, st.to
@@ -171,7 +178,6 @@ class Carbons(Module):
         self._copy(st, bare, (st.origin,), "sent")
         return None
 
-    @hook("message-delivered")
     def delivered(self, st: Stanza, targets: list[SessionRef]) -> None:
         """§6 "Receiving Messages": ``<received/>`` to the recipient's carbons-enabled resources
         that did not get the message."""
@@ -182,7 +188,6 @@ class Carbons(Module):
         if bare in self.enabled:
             self._copy(st, bare, (*targets, st.origin), "received")
 
-    @fold("delivery-failed", priority=1000)
     def undelivered(self, handled: bool, st: Stanza) -> bool:
         """No resource took the message (RFC 6121 §8.5.2.2): carbons-enabled resources (e.g. of
         negative priority) still get ``<received/>``; the message goes on to offline storage."""

@@ -14,7 +14,8 @@ subscription request, an error — is urgent: the held stanzas are sent first, i
 after it is processed).  At most ``[modules.csi] max_queue`` stanzas are held per session; one more
 sends them all.  A session that moves to another stream (XEP-0198 resumption) or loses its stream
 is active again and gets what was held.  The filter keeps its state in ``session.ext["csi"]`` and lets its own flushes
-through unfiltered.
+through unfiltered; it is installed only while some session is inactive, so that active clients'
+stanzas pay nothing for it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from xml.etree.ElementTree import Element
 
 from pydantic import Field
 
-from ..module import Module, Options, element_handler, fold, stream_filter
+from ..module import Module, Options, element_handler, fold, hook
+from ._switch import Switch
 from .offline import is_chat_state_only
 
 NS = "urn:xmpp:csi:0"
@@ -75,6 +77,30 @@ class CSI(Module):
     name = "csi"
     Options = CSIOptions
 
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        #: sessions that said <inactive/>; the outbound filter is installed only while there is one
+        self.inactive_sessions: set[Any] = set()
+        self._filter = Switch(ctx, lambda c: [c.filter(self.filter, priority=50)])
+
+    def _set_inactive(self, session: Any, state: _State, inactive: bool, toggle: bool = True) -> None:
+        """``toggle=False`` from inside the filter: the filter list must not change while
+        ``Session.send`` walks it (the filter is removed at the next change)."""
+        state.inactive = inactive
+        if inactive:
+            self.inactive_sessions.add(session)
+        else:
+            self.inactive_sessions.discard(session)
+        if not toggle:
+            return
+        self._filter.set(bool(self.inactive_sessions))
+
+    @hook("session-ended")
+    def session_ended(self, session: Any) -> None:
+        state = session.ext.get("csi")
+        if state is not None:
+            self._set_inactive(session, state, False)
+
     @fold("stream-features")
     def stream_feature(self, features: Element, stream: Any) -> Element:
         """§5.1: advertised after authentication."""
@@ -94,8 +120,8 @@ class CSI(Module):
             state = session.ext.get("csi")
             if state is None:
                 state = session.ext["csi"] = _State()
-            state.inactive = True
             state.stream = stream
+            self._set_inactive(session, state, True)
 
     @element_handler(f"{{{NS}}}active")
     def active(self, stream: Any, el: Element) -> None:
@@ -103,7 +129,7 @@ class CSI(Module):
         if session is not None:
             state = session.ext.get("csi")
             if state is not None:
-                state.inactive = False
+                self._set_inactive(session, state, False)
                 self._flush(session, state)
 
     def _flush(self, session: Any, state: _State) -> None:
@@ -119,14 +145,13 @@ class CSI(Module):
         finally:
             state.flushing = False
 
-    @stream_filter(priority=50)
     def filter(self, session: Any, el: Element) -> Element | None:
         state = session.ext.get("csi")
         if state is None or not state.inactive or state.flushing:
             return el
         if session.stream is not state.stream:
             # resumed on another stream, or detached: that stream is active (§6.2)
-            state.inactive = False
+            self._set_inactive(session, state, False, toggle=False)
             self._flush(session, state)
             return el
         key = _hold_key(el)
