@@ -286,13 +286,14 @@ class Blocking(Module):
         return items is not None and frm.bare != to.bare and matches(items, to.full)
 
     # outbound: the user sends to a blocked JID (§3.3 <blocked/>), or to someone who blocks them
-    def _outbound(self, st: Stanza) -> bool | Awaitable[bool]:
+    def _outbound(self, st: Stanza, items: frozenset[str] | None = None) -> bool | Awaitable[bool]:
         frm, to = st.from_, st.to
         if frm is None or to is None or st.origin is None or to.bare == frm.bare:
             return False
-        items = self.cache.get(frm.bare)
         if items is None:
-            return self._outbound_async(st)
+            items = self.cache.get(frm.bare)
+            if items is None:
+                return self._outbound_async(st)
         if matches(items, to.full):
             if st.type != "error":
                 # the error comes "from" the blocked JID: let it through our own filter
@@ -315,8 +316,7 @@ class Blocking(Module):
     async def _outbound_async(self, st: Stanza) -> bool:
         frm = st.from_
         assert frm is not None and frm.local is not None
-        await self.load(frm.domain, frm.local)
-        r = self._outbound(st)
+        r = self._outbound(st, await self.load(frm.domain, frm.local))
         if not isinstance(r, bool):
             return await r
         return r
