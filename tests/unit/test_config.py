@@ -133,6 +133,10 @@ def test_unknown_nested_key(tmp_path, section):
         ("[modules.ping]\nnope = 1", "modules.ping.nope"),
         ("[modules.offline]\nmax_messages = -1", "modules.offline.max_messages"),
         ("[modules.nope]\nx = 1", "modules.nope"),
+        ("[modules.csi]\nmax_queue = 0", "modules.csi.max_queue"),
+        ('[modules.csi]\nmax_queue = "lots"', "modules.csi.max_queue"),
+        ("[modules.csi]\nqueue = 5", "modules.csi.queue"),
+        ("[modules.carbons]\nx = 1", "modules.carbons.x"),
     ],
 )
 def test_bad_types_and_values_name_the_key(tmp_path, text, key):

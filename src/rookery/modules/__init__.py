@@ -26,6 +26,9 @@ BUILTIN: dict[str, str] = {
     "session": "rookery.modules.session:Session",
     "register": "rookery.modules.register:Register",
     "contact_info": "rookery.modules.contact_info:ContactInfo",
+    "carbons": "rookery.modules.carbons:Carbons",
+    "csi": "rookery.modules.csi:CSI",
+    "blocking": "rookery.modules.blocking:Blocking",
 }
 
 

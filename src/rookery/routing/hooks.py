@@ -162,7 +162,7 @@ class EventBus:
             except Exception:
                 log.exception("handler for %s failed", event)
                 continue
-            if isawaitable(r):
+            if r is not None and isawaitable(r):
                 pending.append(r)
         if pending:
             return _gather_logged(event, pending)
