@@ -24,6 +24,8 @@ BUILTIN: dict[str, str] = {
     "private": "rookery.modules.private:PrivateStorage",
     "offline": "rookery.modules.offline:Offline",
     "session": "rookery.modules.session:Session",
+    "smacks": "rookery.modules.stream_management:StreamManagement",
+    "push": "rookery.modules.push:Push",
 }
 
 
