@@ -465,3 +465,41 @@ async def test_slixmpp_xep_0198_enables_acks_and_resumes(rookery_server):
     finally:
         await disconnect(c)
         await close_all(b)
+
+
+async def test_too_many_unacknowledged_stanzas_end_the_session_and_nothing_is_lost(rookery_server_factory):
+    s = rookery_server_factory(modules={"smacks": {"max_unacked_stanzas": 10}})
+    jid, pw = s.make_user()
+    other, opw = s.make_user()
+    a = await login(s, jid, pw, resource="phone")
+    b = await login(s, other, opw)
+    a2 = None
+    try:
+        await enable(a)
+        for i in range(1, 16):
+            b.send(f"<message to='{a.jid}' type='chat' id='o{i}'><body>{i}</body></message>")
+        assert await a.stream_error(T) == "policy-violation"  # never acknowledged: over the limit
+        await eventually(lambda: session_of(s, a.jid) is None)
+        a2 = await login(s, jid, pw, resource="laptop")
+        a2.send("<presence/>")
+        got = await collect_numbers(a2, set(range(1, 16)))
+        got += [number(el) for el in await drain(a2) if is_msg(el)]
+        assert sorted(got) == list(range(1, 16))  # the unacknowledged ones, each once, from storage
+    finally:
+        await close_all(a, b, *([a2] if a2 else []))
+
+
+async def test_counting_filter_is_installed_only_while_a_session_has_sm(rookery_server_factory):
+    """Clients without stream management pay nothing on the message path."""
+    s = rookery_server_factory()
+    jid, pw = s.make_user()
+    filters = s.server.events.filters
+    a = await login(s, jid, pw)
+    try:
+        assert s.call_sync(lambda: len(filters)) == 0
+        await enable(a)
+        assert s.call_sync(lambda: len(filters)) == 1
+        a.send("</stream:stream>")  # a closing handshake ends the session
+        await eventually(lambda: s.call_sync(lambda: len(filters)) == 0)
+    finally:
+        await close_all(a)

@@ -71,6 +71,10 @@ class Push(Module):
         self._counts: dict[str, int] = {}
         #: id of a notification iq -> (host, user, service jid, node), for §7.1 publish errors
         self._sent: dict[str, tuple[str, str, str, str]] = {}
+        #: push-enabled sessions kept detached (XEP-0198); the message-delivered hook is installed
+        #: only while there are some (the message path pays nothing otherwise)
+        self._detached: set[Any] = set()
+        self._hook: Any = None
 
     # -- §5, §6 --------------------------------------------------------------------------------
     @staticmethod
@@ -132,16 +136,42 @@ class Push(Module):
     def bound(self, session: Any) -> None:
         self._counts.pop(session.jid.bare, None)
 
-    @hook("message-delivered")
+    @fold("session-stream-lost", priority=-100)
+    def stream_lost(self, keep: Any, session: Any) -> Any:
+        """After stream management decided (priority 0): a push-enabled session kept detached."""
+        if keep is True and session.ext.get(KEY):
+            self._detached.add(session)
+            if self._hook is None:
+                self._hook = self.ctx.hook("message-delivered", self.delivered)
+        return keep
+
+    @hook("session-ended")
+    def session_ended(self, session: Any) -> None:
+        self._detached.discard(session)
+        self._prune()
+
+    def _prune(self) -> None:
+        for s in [s for s in self._detached if getattr(s, "attached", False) or getattr(s, "ended", False)]:
+            self._detached.discard(s)  # resumed or over
+        if not self._detached and self._hook is not None:
+            h, self._hook = self._hook, None
+            h.remove()
+            if h in self.ctx.handles:
+                self.ctx.handles.remove(h)
+
     def delivered(self, st: Stanza, targets: list[Any]) -> None:
         """A message reached a detached resource (XEP-0198): notify what that resource enabled."""
+        detached = self._detached
         for t in targets:
-            regs = t.ext.get(KEY)
-            if regs and not getattr(t, "attached", True) and st.el.find("body") is not None:
+            if t in detached and not getattr(t, "attached", True) and st.el.find("body") is not None:
+                regs = t.ext.get(KEY)
+                if not regs:
+                    continue
                 jid = t.jid
                 n = self._bump(jid.bare)
                 for service, node, options in list(regs.values()):
                     self._publish(jid.domain, jid.local, service, node, options, st, n)
+        self._prune()
 
     @fold("delivery-failed", priority=-100)
     def stored(self, handled: bool, st: Stanza) -> bool:

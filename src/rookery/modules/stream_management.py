@@ -41,7 +41,7 @@ from xml.etree.ElementTree import Element
 
 from pydantic import Field
 
-from ..module import Module, Options, element_handler, fold, hook, stream_filter
+from ..module import Module, Options, element_handler, fold, hook
 from ..xml import ns
 from .time import format_datetime
 
@@ -140,6 +140,10 @@ class StreamManagement(Module):
         super().__init__(ctx)
         #: SM-ID -> resumable session (until it ends)
         self._by_id: dict[str, Any] = {}
+        #: sessions with stream management enabled; the outbound filter is installed only while
+        #: there are some (the message path of clients without it pays nothing)
+        self._enabled = 0
+        self._filter: Any = None
 
     async def stop(self) -> None:
         # detached sessions cannot be resumed without us: end them (their stanzas are re-routed)
@@ -182,6 +186,9 @@ class StreamManagement(Module):
             reply.set("resume", "true")
             reply.set("max", str(mx))
         session.ext[KEY] = st
+        self._enabled += 1
+        if self._filter is None:
+            self._filter = self.ctx.filter(self.count, priority=-1000)
         stream.send(reply)
 
     # -- §4 acks -------------------------------------------------------------------------------
@@ -220,9 +227,9 @@ class StreamManagement(Module):
         stream.close()
 
     # -- counting what goes out ----------------------------------------------------------------
-    @stream_filter(priority=-1000)
     def count(self, session: Any, el: Element) -> Element:
-        """Runs last of the outbound filters: counts and keeps every stanza that goes out."""
+        """The outbound filter (installed while some session has stream management enabled), run
+        last of all filters: counts and keeps every stanza that goes out."""
         st = session.ext.get(KEY)
         if st is None or el.tag not in _STANZAS:
             return el
@@ -335,6 +342,12 @@ class StreamManagement(Module):
             st.timer = None
         if st.id is not None and self._by_id.get(st.id) is session:
             del self._by_id[st.id]
+        self._enabled -= 1
+        if self._enabled <= 0 and self._filter is not None:
+            h, self._filter, self._enabled = self._filter, None, 0
+            h.remove()
+            if h in self.ctx.handles:
+                self.ctx.handles.remove(h)
         unacked = list(st.unacked)
         st.unacked.clear()
         if not unacked:
