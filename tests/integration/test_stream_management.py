@@ -503,3 +503,27 @@ async def test_counting_filter_is_installed_only_while_a_session_has_sm(rookery_
         await eventually(lambda: s.call_sync(lambda: len(filters)) == 0)
     finally:
         await close_all(a)
+
+
+async def test_unacked_message_to_bare_jid_is_not_duplicated_at_a_resource_that_had_it(rookery_server):
+    s = rookery_server
+    jid, pw = s.make_user()
+    other, opw = s.make_user()
+    phone = await login(s, jid, pw, resource="phone")
+    desk = await login(s, jid, pw, resource="desk")
+    b = await login(s, other, opw)
+    try:
+        await enable(phone)
+        for c in (phone, desk):
+            c.send("<presence/>")
+        await drain(desk, 0.3)
+        await drain(phone, 0.3)
+        for i in (1, 2, 3):
+            b.send(f"<message to='{jid}' type='chat' id='d{i}'><body>{i}</body></message>")
+        assert sorted(await collect_numbers(desk, {1, 2, 3})) == [1, 2, 3]
+        assert sorted(await collect_numbers(phone, {1, 2, 3})) == [1, 2, 3]  # never acknowledged
+        phone.send("</stream:stream>")
+        await eventually(lambda: session_of(s, phone.jid) is None)
+        assert [e for e in await drain(desk, 0.4) if is_msg(e)] == []  # desk had them already
+    finally:
+        await close_all(phone, desk, b)

@@ -23,7 +23,8 @@
 - §4 (end): when a session with stream management ends (not resumed in time, closed, replaced), its
   unacknowledged stanzas are treated as sent to an unavailable resource: messages are routed again
   (another resource of the account, else offline storage) with a XEP-0203 delay stamp of their first
-  delivery time, iq requests are routed again (the router answers their sender with an error), the
+  delivery time (except messages to the bare JID that an available resource of at least the same
+  priority received too: RFC 6121 §8.5.2.1.1 gave it its own copy), iq requests are routed again (the router answers their sender with an error), the
   rest (presence, iq results) is dropped.  Nothing acknowledged is re-sent, nothing unacknowledged is
   lost.
 """
@@ -363,6 +364,8 @@ class StreamManagement(Module):
         """§4: as if sent to an unavailable resource (RFC 6121 §8.5.3.2.1), delay-stamped."""
         tag = el.tag.rpartition("}")[2]
         if tag == "message":
+            if self._delivered_elsewhere(session, el):
+                return
             out = copy.deepcopy(el)
             domain = session.jid.domain
             if not any(c.tag == _DELAY and c.get("from") == domain for c in out):
@@ -373,6 +376,17 @@ class StreamManagement(Module):
         else:
             return  # presence (state is sent again on the next login), iq results and errors
         self._spawn(self.ctx.router.send(out))
+
+    def _delivered_elsewhere(self, session: Any, el: Element) -> bool:
+        """A message to the bare JID went to every resource of the highest priority (RFC 6121
+        §8.5.2.1.1; headlines to every non-negative one): an available resource at least as high
+        as this one had its own copy, so routing it again would duplicate it there."""
+        to = el.get("to", "")
+        if "/" in to:
+            return False
+        floor = 0 if el.get("type") == "headline" else max(session.priority, 0)
+        return any(r is not session and r.available and r.priority >= floor
+                   for r in self.ctx.sessions.resources(session.jid.bare).values())
 
     def _spawn(self, r: Awaitable[Any] | None) -> None:
         if r is not None:
