@@ -15,7 +15,7 @@ from .jid import InvalidJID, nameprep
 
 DEFAULT_MODULES = [
     "roster", "presence", "disco", "caps", "ping", "version", "time", "last", "vcard", "private",
-    "offline", "session", "register", "contact_info", "carbons", "csi", "blocking",
+    "offline", "session", "register", "contact_info", "carbons", "csi", "blocking", "smacks", "push",
 ]
 
 
@@ -50,6 +50,8 @@ class C2SConfig(_Section):
     auth_failure_window: float = Field(300.0, gt=0)
     keepalive_interval: float = Field(300.0, ge=0)
     handshake_timeout: float = Field(60.0, gt=0)
+    #: XEP-0198 §5: seconds a session whose connection was lost waits for <resume/> (0: no resumption)
+    resume_timeout: float = Field(300.0, ge=0)
 
     _v_listen = field_validator("listen", "direct_tls_listen")(_check_listen)
 

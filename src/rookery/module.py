@@ -197,7 +197,14 @@ class ModuleContext:
     # -- registration (each returns a Handle; all are removed when the module stops) --------
     def _keep(self, h: Handle) -> Handle:
         self.handles.append(h)
+        h.on_removed = self._forget  # registrations made and undone at run time do not pile up
         return h
+
+    def _forget(self, h: Handle) -> None:
+        try:
+            self.handles.remove(h)
+        except ValueError:
+            pass
 
     def iq(self, type: str, namespace: str, name: str, fn: Callable[..., Any], to: str = "host",
            on: str = "account") -> Handle:

@@ -224,7 +224,7 @@ class ModuleManager:
             self.events.fire("modules-changed")
 
     def _unregister(self, mod: Module) -> None:
-        for h in reversed(mod.ctx.handles):
+        for h in reversed(list(mod.ctx.handles)):
             h.remove()
         mod.ctx.handles.clear()
         for svc in mod.provides:

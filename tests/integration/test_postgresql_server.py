@@ -60,6 +60,12 @@ async def test_server_on_postgresql_logs_in_subscribes_chats_and_stores_offline(
                                   and e.find(".//{jabber:iq:roster}item[@subscription='to']") is not None)
         assert push.find(".//{jabber:iq:roster}item").get("jid") == b_jid
         await b.close()
+        # wait until the server has ended b's session (under load it may still be registered, and a
+        # message routed to it then would be written to the closing connection)
+        for _ in range(250):
+            if pg_server.session_count() == 1:
+                break
+            await asyncio.sleep(0.02)
         # b is offline now: the message is stored in PostgreSQL and delivered at b's next login
         a.send(f"<message to='{b_jid}' type='chat' id='off1'><body>while you were away</body></message>")
         await asyncio.sleep(0.5)

@@ -117,6 +117,11 @@ def test_unknown_nested_key(tmp_path, section):
         ("[c2s]\nmax_stanza_size = 10", "c2s.max_stanza_size"),  # below the minimum
         ("[c2s]\nauth_failure_delay = -1", "c2s.auth_failure_delay"),
         ("[c2s]\nhandshake_timeout = 0", "c2s.handshake_timeout"),
+        ("[c2s]\nresume_timeout = -1", "c2s.resume_timeout"),
+        ('[c2s]\nresume_timeout = "long"', "c2s.resume_timeout"),
+        ("[modules.smacks]\nrequest_ack_after = 0", "modules.smacks.request_ack_after"),
+        ("[modules.smacks]\nnope = 1", "modules.smacks.nope"),
+        ('[modules.push]\ninclude_body = "maybe"', "modules.push.include_body"),
         ('[c2s]\nlisten = "*:5222"', "c2s.listen"),  # a string, not a list
         ("[offline]\nmax_messages = -1", "offline.max_messages"),
         ('[version]\nshow_os = "yes please"', "version.show_os"),

@@ -29,6 +29,8 @@ BUILTIN: dict[str, str] = {
     "carbons": "rookery.modules.carbons:Carbons",
     "csi": "rookery.modules.csi:CSI",
     "blocking": "rookery.modules.blocking:Blocking",
+    "smacks": "rookery.modules.stream_management:StreamManagement",
+    "push": "rookery.modules.push:Push",
 }
 
 

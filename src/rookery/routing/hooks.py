@@ -33,11 +33,13 @@ _seq = itertools.count()
 class Handle:
     """A registration; ``remove()`` undoes it (idempotent)."""
 
-    __slots__ = ("_undo", "what")
+    __slots__ = ("_undo", "what", "on_removed")
 
     def __init__(self, undo: Callable[[], None], what: str) -> None:
         self._undo: Callable[[], None] | None = undo
         self.what = what
+        #: called once after ``remove`` (the owner forgets the handle)
+        self.on_removed: Callable[[Handle], None] | None = None
 
     @property
     def active(self) -> bool:
@@ -47,6 +49,9 @@ class Handle:
         undo, self._undo = self._undo, None
         if undo is not None:
             undo()
+            after, self.on_removed = self.on_removed, None
+            if after is not None:
+                after(self)
 
     def __repr__(self) -> str:
         return f"<Handle {self.what}{'' if self._undo else ' removed'}>"

@@ -45,7 +45,7 @@ class XMLStream:
     """RFC 6120 §4: one XML stream (restarted in place after STARTTLS and SASL)."""
 
     __slots__ = ("transport", "framer", "limits", "spawn", "stream_id", "local_domain", "lang", "header_sent",
-                 "closed", "_ended", "_queue", "parser", "_timeout", "_serialize")
+                 "closed", "lost", "_ended", "_queue", "parser", "_timeout", "_serialize")
 
     #: RFC 6120 §4.8.2 content namespace of this stream kind
     content_ns: ClassVar[str] = ns.CLIENT
@@ -61,6 +61,9 @@ class XMLStream:
         self.lang = "en"
         self.header_sent = False
         self.closed = False
+        #: the connection dropped while the stream was open (neither side closed it): what
+        #: XEP-0198 resumption is for; False after a closing handshake or a stream error
+        self.lost = False
         self._ended = False
         #: elements (and awaitables such as pending features) waiting for their turn
         self._queue: deque[Element | Awaitable[Any]] | None = None
@@ -111,6 +114,8 @@ class XMLStream:
             self.stream_error("internal-server-error")
 
     def connection_lost(self) -> None:
+        if not self.closed:
+            self.lost = True
         self.closed = True
         self.parser.close()
         self._end()

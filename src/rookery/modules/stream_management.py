@@ -1,0 +1,393 @@
+"""XEP-0198: Stream Management (v1.6): acknowledgements and resumption of c2s streams.
+
+- §3 "Stream Feature": ``<sm xmlns='urn:xmpp:sm:3'/>`` in the features of authenticated streams.
+- §3 "Enabling Stream Management": ``<enable/>`` after resource binding is answered ``<enabled/>``
+  (with an unguessable ``id``, ``resume='true'`` and ``max``, the resumption time in seconds, when
+  the client asked for ``resume`` and ``[c2s] resume_timeout`` is not 0); before binding, or a second
+  time, ``<failed><unexpected-request/></failed>``.
+- §4 "Acks": both counters are 32-bit and wrap (§4: "2^32 - 1 ... MUST be reset to zero").  The
+  inbound count is the session's ``stanzas_in`` (counted by the c2s stream) since ``<enable/>``; the
+  outbound count and the stanzas not yet acknowledged are kept by an outbound filter that runs after
+  every other one (what another filter drops is not counted).  Only ``message``, ``presence`` and
+  ``iq`` count, never nonzas.  ``<r/>`` is answered at once; the server asks ``<r/>`` itself after
+  ``request_ack_after`` unacknowledged stanzas.  An ``h`` that is not an unsigned 32-bit number is an
+  ``<invalid-xml/>`` stream error (the schema's ``xs:unsignedInt``); one acknowledging more than was
+  sent is §6's ``<undefined-condition/>`` stream error with ``<handled-count-too-high/>``.
+- §5 "Resumption": when the connection of a resumable session is *lost* (not closed by either side),
+  the session stays registered and available, detached from any stream (``session-stream-lost``
+  fold), for ``max`` seconds; what is routed to it meanwhile is counted and kept like everything
+  else.  ``<resume previd h/>`` on a new stream authenticated as the same account (before binding)
+  takes the session over: ``<resumed previd h/>`` then exactly the stanzas ``h`` did not acknowledge,
+  in order.  An old stream still attached is closed with ``<conflict/>`` first.  An unknown or expired
+  id, or another account's, is ``<failed><item-not-found/></failed>``.
+- §4 (end): when a session with stream management ends (not resumed in time, closed, replaced), its
+  unacknowledged stanzas are treated as sent to an unavailable resource: messages are routed again
+  (another resource of the account, else offline storage) with a XEP-0203 delay stamp of their first
+  delivery time (except messages to the bare JID that an available resource of at least the same
+  priority received too: RFC 6121 §8.5.2.1.1 gave it its own copy), iq requests are routed again (the router answers their sender with an error), the
+  rest (presence, iq results) is dropped.  Nothing acknowledged is re-sent, nothing unacknowledged is
+  lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable
+from typing import Any
+from xml.etree.ElementTree import Element
+
+from pydantic import Field
+
+from ..module import Module, Options, element_handler, fold, hook
+from ..xml import ns
+from .time import format_datetime
+
+NS = "urn:xmpp:sm:3"
+STANZA_ERR = "urn:ietf:params:xml:ns:xmpp-stanzas"
+STREAM_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
+KEY = "smacks"
+MASK = 0xFFFFFFFF  # §4: h is an unsigned 32-bit integer and wraps to zero
+_STANZAS = frozenset(("message", "presence", "iq", "{jabber:client}message", "{jabber:client}presence",
+                      "{jabber:client}iq"))
+_DELAY = f"{{{ns.DELAY}}}delay"
+
+
+# -- §4 counter arithmetic (pure) -----------------------------------------------------------------
+def inc(counter: int, n: int = 1) -> int:
+    """``counter + n`` modulo 2^32 (§4: after 2^32 - 1 comes 0)."""
+    return (counter + n) & MASK
+
+
+def newly_acked(h: int, acked: int) -> int:
+    """How many stanzas an ``h`` acknowledges beyond the last acknowledged count ``acked``,
+    modulo 2^32 (so that an ``h`` that wrapped past zero still counts right)."""
+    return (h - acked) & MASK
+
+
+def parse_h(value: str | None) -> int | None:
+    """An ``h`` attribute (``xs:unsignedInt``), or None when it is missing or not one."""
+    if value is None:
+        return None
+    v = value.strip()
+    if not v.isdigit() or not v.isascii():
+        return None
+    n = int(v)
+    return n if n <= MASK else None
+
+
+class SMState:
+    """One session's stream management state (kept in ``session.ext["smacks"]``)."""
+
+    __slots__ = ("id", "max", "base_in", "out", "acked", "unacked", "r_pending", "overflow", "taking_over",
+                 "timer", "request_after", "max_unacked")
+
+    def __init__(self, base_in: int, request_after: int, max_unacked: int) -> None:
+        self.id: str | None = None  # the SM-ID when resumable
+        self.max = 0  # resumption time, seconds
+        self.base_in = base_in  # session.stanzas_in at <enable/>
+        self.out = 0  # stanzas sent, mod 2^32
+        self.acked = 0  # the last h the client acknowledged, mod 2^32
+        #: sent and not acknowledged yet, oldest first: (element, time of first delivery)
+        self.unacked: deque[tuple[Element, float]] = deque()
+        self.r_pending = False
+        self.overflow = False
+        self.taking_over = False  # a <resume/> is closing the old stream of the session
+        self.timer: asyncio.TimerHandle | None = None
+        self.request_after = request_after
+        self.max_unacked = max_unacked
+
+    def h_in(self, session: Any) -> int:
+        return (session.stanzas_in - self.base_in) & MASK
+
+    def ack(self, h: int) -> bool:
+        """Apply an acknowledgement; False when ``h`` acknowledges more than was sent."""
+        n = newly_acked(h, self.acked)
+        q = self.unacked
+        if n > len(q):
+            return False
+        for _ in range(n):
+            q.popleft()
+        self.acked = h
+        self.r_pending = False
+        return True
+
+
+class StreamManagementOptions(Options):
+    #: the server sends <r/> once this many stanzas wait for an acknowledgement
+    request_ack_after: int = Field(5, ge=1)
+    #: a session with more unacknowledged stanzas than this is ended (they are re-routed)
+    max_unacked_stanzas: int = Field(10000, ge=1)
+
+
+def _failed(condition: str, h: int | None = None) -> Element:
+    f = Element(f"{{{NS}}}failed")
+    if h is not None:
+        f.set("h", str(h))
+    f.append(Element(f"{{{STANZA_ERR}}}{condition}"))
+    return f
+
+
+class StreamManagement(Module):
+    """XEP-0198 acks and resumption; see the module docstring for the rules."""
+
+    name = "smacks"
+    Options = StreamManagementOptions
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        #: SM-ID -> resumable session (until it ends)
+        self._by_id: dict[str, Any] = {}
+        #: sessions with stream management enabled; the outbound filter is installed only while
+        #: there are some (the message path of clients without it pays nothing)
+        self._enabled = 0
+        self._filter: Any = None
+
+    async def stop(self) -> None:
+        # detached sessions cannot be resumed without us: end them (their stanzas are re-routed)
+        for session in list(self._by_id.values()):
+            if session.stream is None and not session.ended:
+                self.ctx.sessions.close(session)
+        for session in list(self._by_id.values()):
+            st = session.ext.get(KEY)
+            if st is not None and st.timer is not None:
+                st.timer.cancel()
+        self._by_id.clear()
+
+    # -- §3 feature ----------------------------------------------------------------------------
+    @fold("stream-features")
+    def feature(self, features: Element, stream: Any) -> Element:
+        features.append(Element(f"{{{NS}}}sm"))
+        return features
+
+    # -- §3 enable -----------------------------------------------------------------------------
+    @element_handler(f"{{{NS}}}enable")
+    def on_enable(self, stream: Any, el: Element) -> None:
+        session = stream.session
+        if session is None or KEY in session.ext:
+            # before binding (§3 "MUST NOT ... until after it has completed Resource Binding"), or twice
+            stream.send(_failed("unexpected-request"))
+            return
+        opts = self.ctx.options_for(session.jid.domain)
+        st = SMState(session.stanzas_in, opts.request_ack_after, opts.max_unacked_stanzas)
+        reply = Element(f"{{{NS}}}enabled")
+        timeout = float(getattr(stream.settings, "resume_timeout", 300.0))
+        if el.get("resume") in ("true", "1") and timeout > 0:
+            mx = max(1, int(timeout))
+            asked = parse_h(el.get("max"))  # the client's preferred maximum (§3), honoured when lower
+            if asked is not None and 0 < asked < mx:
+                mx = asked
+            st.id = secrets.token_urlsafe(24)
+            st.max = mx
+            self._by_id[st.id] = session
+            reply.set("id", st.id)
+            reply.set("resume", "true")
+            reply.set("max", str(mx))
+        session.ext[KEY] = st
+        self._enabled += 1
+        if self._filter is None:
+            self._filter = self.ctx.filter(self.count, priority=-1000)
+        stream.send(reply)
+
+    # -- §4 acks -------------------------------------------------------------------------------
+    @element_handler(f"{{{NS}}}r")
+    def on_r(self, stream: Any, el: Element) -> None:
+        session = stream.session
+        st = session.ext.get(KEY) if session is not None else None
+        if st is None:
+            stream.stream_error("unsupported-stanza-type", "stream management is not enabled")
+            return
+        stream.send(Element(f"{{{NS}}}a", h=str(st.h_in(session))))
+
+    @element_handler(f"{{{NS}}}a")
+    def on_a(self, stream: Any, el: Element) -> None:
+        session = stream.session
+        st = session.ext.get(KEY) if session is not None else None
+        if st is None:
+            stream.stream_error("unsupported-stanza-type", "stream management is not enabled")
+            return
+        h = parse_h(el.get("h"))
+        if h is None:
+            stream.stream_error("invalid-xml", "'h' must be an unsigned 32-bit integer")
+            return
+        if not st.ack(h):
+            self._too_high(stream, h, st)
+
+    def _too_high(self, stream: Any, h: int, st: SMState) -> None:
+        """§6: ``<undefined-condition/>`` with ``<handled-count-too-high h send-count/>``."""
+        err = Element(f"{{{ns.STREAM}}}error")
+        err.append(Element(f"{{{STREAM_ERR}}}undefined-condition"))
+        err.append(Element(f"{{{NS}}}handled-count-too-high", {"h": str(h), "send-count": str(st.out)}))
+        t = Element(f"{{{STREAM_ERR}}}text")
+        t.text = f"You acknowledged {h} stanzas, but I only sent you {st.out} so far."
+        err.append(t)
+        stream.send(err)
+        stream.close()
+
+    # -- counting what goes out ----------------------------------------------------------------
+    def count(self, session: Any, el: Element) -> Element:
+        """The outbound filter (installed while some session has stream management enabled), run
+        last of all filters: counts and keeps every stanza that goes out."""
+        st = session.ext.get(KEY)
+        if st is None or el.tag not in _STANZAS:
+            return el
+        st.out = (st.out + 1) & MASK
+        q = st.unacked
+        q.append((el, time.time()))
+        n = len(q)
+        if n >= st.request_after and not st.r_pending:
+            st.r_pending = True
+            asyncio.get_running_loop().call_soon(self._request_ack, session)
+        if n > st.max_unacked and not st.overflow:
+            st.overflow = True
+            asyncio.get_running_loop().call_soon(self._overflow, session)
+        return el
+
+    def _request_ack(self, session: Any) -> None:
+        s = session.stream
+        if s is not None and not s.closed:
+            s.send(Element(f"{{{NS}}}r"))
+        # detached: r_pending stays set; <resume/> asks again after the replay
+
+    def _overflow(self, session: Any) -> None:
+        if not session.ended:
+            self.log.info("%s: too many unacknowledged stanzas, ending the session", session.jid)
+            self.ctx.sessions.close(session, "policy-violation", "too many unacknowledged stanzas")
+
+    # -- §5 resumption -------------------------------------------------------------------------
+    @fold("session-stream-lost")
+    def keep_detached(self, keep: bool, session: Any) -> bool:
+        """Keep a resumable session whose connection was lost (not closed) for ``max`` seconds."""
+        st = session.ext.get(KEY)
+        if keep is True or st is None or st.id is None or st.overflow:
+            return keep
+        stream = session.stream
+        if not (st.taking_over or getattr(stream, "lost", False)):
+            return keep  # a closing handshake or a stream error: the session ends (§5 is for outages)
+        if self.ctx.sessions.get(session.jid) is not session:
+            return keep  # replaced by a new session with its full JID (RFC 6120 §7.7.2.2)
+        if st.timer is not None:
+            st.timer.cancel()
+        st.timer = asyncio.get_running_loop().call_later(st.max, self._expire, session)
+        return True
+
+    def _expire(self, session: Any) -> None:
+        st = session.ext.get(KEY)
+        if st is not None:
+            st.timer = None
+        if session.stream is None and not session.ended:
+            self.ctx.sessions.close(session)  # ends it: session-ended re-routes what was not acked
+
+    @element_handler(f"{{{NS}}}resume")
+    def on_resume(self, stream: Any, el: Element) -> None:
+        if not stream.authenticated or stream.session is not None:
+            stream.send(_failed("unexpected-request"))  # §5: after authentication, instead of binding
+            return
+        h = parse_h(el.get("h"))
+        if h is None:
+            stream.send(_failed("bad-request"))
+            return
+        session = self._by_id.get(el.get("previd") or "")
+        if (session is None or session.ended or session.jid.local != stream.username
+                or session.jid.domain != stream.local_domain):
+            # unknown, expired, or another account's: the same answer, nothing to learn from it
+            stream.send(_failed("item-not-found"))
+            return
+        st = session.ext.get(KEY)
+        if st is None:
+            stream.send(_failed("item-not-found"))
+            return
+        if newly_acked(h, st.acked) > len(st.unacked):
+            self._too_high(stream, h, st)
+            return
+        old = session.stream
+        if old is not None:
+            # §5: "the server SHOULD send a 'conflict' stream error and close that stream"
+            st.taking_over = True
+            try:
+                session.close("conflict", "the session was resumed on another connection")
+            finally:
+                st.taking_over = False
+            if session.stream is not None or session.ended:
+                stream.send(_failed("item-not-found"))
+                return
+        st.ack(h)
+        if st.timer is not None:
+            st.timer.cancel()
+            st.timer = None
+        st.r_pending = False
+        # what waited in the session queue is also in ``unacked``: sent once, from there, below
+        kept = {id(e) for e, _ in st.unacked}
+        extra = [e for e in session.take_queue() if id(e) not in kept]
+        stream.send(Element(f"{{{NS}}}resumed", h=str(st.h_in(session)), previd=st.id or ""))
+        stream.resume(session)
+        for e, _ in st.unacked:
+            stream.send(e)
+        for e in extra:
+            session.send(e)
+        if st.unacked:
+            st.r_pending = True
+            stream.send(Element(f"{{{NS}}}r"))
+
+    # -- the end of a session: what was not acknowledged goes elsewhere -------------------------
+    @hook("session-ended")
+    def ended(self, session: Any) -> None:
+        st = session.ext.pop(KEY, None)
+        if st is None:
+            return
+        if st.timer is not None:
+            st.timer.cancel()
+            st.timer = None
+        if st.id is not None and self._by_id.get(st.id) is session:
+            del self._by_id[st.id]
+        self._enabled -= 1
+        if self._enabled <= 0 and self._filter is not None:
+            h, self._filter, self._enabled = self._filter, None, 0
+            h.remove()
+            if h in self.ctx.handles:
+                self.ctx.handles.remove(h)
+        unacked = list(st.unacked)
+        st.unacked.clear()
+        if not unacked:
+            return
+        kept = {id(e) for e, _ in unacked}
+        extra = [e for e in session.take_queue() if id(e) not in kept]
+        for e, when in unacked:
+            self._reroute(session, e, when)
+        for e in extra:
+            self._spawn(self.ctx.router.send(e))
+
+    def _reroute(self, session: Any, el: Element, when: float) -> None:
+        """§4: as if sent to an unavailable resource (RFC 6121 §8.5.3.2.1), delay-stamped."""
+        tag = el.tag.rpartition("}")[2]
+        if tag == "message":
+            if self._delivered_elsewhere(session, el):
+                return
+            out = copy.deepcopy(el)
+            domain = session.jid.domain
+            if not any(c.tag == _DELAY and c.get("from") == domain for c in out):
+                d = Element(_DELAY, {"from": domain, "stamp": format_datetime(when, fraction=True)})
+                out.append(d)
+        elif tag == "iq" and el.get("type") in ("get", "set"):
+            out = copy.deepcopy(el)  # the router answers its sender: the resource is gone
+        else:
+            return  # presence (state is sent again on the next login), iq results and errors
+        self._spawn(self.ctx.router.send(out))
+
+    def _delivered_elsewhere(self, session: Any, el: Element) -> bool:
+        """A message to the bare JID went to every resource of the highest priority (RFC 6121
+        §8.5.2.1.1; headlines to every non-negative one): an available resource at least as high
+        as this one had its own copy, so routing it again would duplicate it there."""
+        to = el.get("to", "")
+        if "/" in to:
+            return False
+        floor = 0 if el.get("type") == "headline" else max(session.priority, 0)
+        return any(r is not session and r.available and r.priority >= floor
+                   for r in self.ctx.sessions.resources(session.jid.bare).values())
+
+    def _spawn(self, r: Awaitable[Any] | None) -> None:
+        if r is not None:
+            self.ctx.spawn(r)
