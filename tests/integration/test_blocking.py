@@ -7,21 +7,13 @@ from __future__ import annotations
 
 import asyncio
 
-from xmpp_helpers import RawClient, disconnect, error_condition, slix_client
+from xmpp_helpers import RawClient, befriend, disconnect, drain, error_condition, slix_client
 
 from rookery.jid import JID
 from rookery.modules.blocking import matches
-from rookery.storage.base import RosterItem
 
 NS = "urn:xmpp:blocking"
 C = "{jabber:client}"
-
-
-def befriend(server, a: str, b: str) -> None:
-    for owner, contact in ((a, b), (b, a)):
-        o = JID.parse(owner)
-        server.call(server.server.storage.roster.set_item, o.domain, o.local,
-                    RosterItem(jid=contact, subscription="both"))
 
 
 async def login(server, jid: str, pw: str, resource: str, presence: bool = True) -> RawClient:
@@ -30,18 +22,6 @@ async def login(server, jid: str, pw: str, resource: str, presence: bool = True)
         c.send("<presence/>")
         await c.recv_until(lambda e: e.tag == f"{C}presence" and e.get("from") == c.jid)
     return c
-
-
-async def drain(c: RawClient, timeout: float = 0.3) -> list:
-    got = []
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while (left := end - loop.time()) > 0:
-        try:
-            got.append(await c.recv(left))
-        except TimeoutError:
-            break
-    return got
 
 
 async def block(c: RawClient, *jids: str, what: str = "block", id: str = "b1"):

@@ -6,22 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
-from xmpp_helpers import RawClient
-
-from rookery.jid import JID
-from rookery.storage.base import RosterItem
+from xmpp_helpers import RawClient, befriend, drain
 
 NS = "urn:xmpp:csi:0"
 C = "{jabber:client}"
 CHATSTATES = "http://jabber.org/protocol/chatstates"
-
-
-def befriend(server, a: str, b: str) -> None:
-    """Mutual 'both' subscriptions, straight into storage."""
-    for owner, contact in ((a, b), (b, a)):
-        o = JID.parse(owner)
-        server.call(server.server.storage.roster.set_item, o.domain, o.local,
-                    RosterItem(jid=contact, subscription="both"))
 
 
 async def login(server, jid: str, pw: str, resource: str, presence: bool = True) -> RawClient:
@@ -30,18 +19,6 @@ async def login(server, jid: str, pw: str, resource: str, presence: bool = True)
         c.send("<presence/>")
         await c.recv_until(lambda e: e.tag == f"{C}presence" and e.get("from") == c.jid)
     return c
-
-
-async def drain(c: RawClient, timeout: float = 0.3) -> list:
-    got = []
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while (left := end - loop.time()) > 0:
-        try:
-            got.append(await c.recv(left))
-        except TimeoutError:
-            break
-    return got
 
 
 async def ping_server(c: RawClient, id: str) -> list:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import time
-from collections.abc import Callable
 from typing import Any
 from xml.etree.ElementTree import Element, SubElement
 
 import pytest
-from xmpp_helpers import HEADER, STREAM_NS, RawClient, error_condition
+from xmpp_helpers import HEADER, STREAM_NS, RawClient, error_condition, eventually
 
 from rookery.config import DEFAULT_MODULES
 from rookery.jid import JID
@@ -174,14 +172,6 @@ class Clash(Module):
 # -- helpers --------------------------------------------------------------------------------------
 async def login(s: RunningServer, jid: str, password: str, resource: str = "raw") -> RawClient:
     return await RawClient().login(s.direct_tls_port, jid, password, resource=resource, tls=True)
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = T) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def identities(iq: Element) -> list[tuple[str | None, str | None]]:

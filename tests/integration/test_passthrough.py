@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from xml.etree.ElementTree import Element, fromstring
 
-from xmpp_helpers import RawClient
+from xmpp_helpers import RawClient, drain
 
 from rookery.jid import JID
 
@@ -109,7 +109,7 @@ async def test_payloads_survive_offline_storage_and_chat_states_alone_are_not_st
             await asyncio.sleep(0.05)
         assert n == len(PAYLOADS)  # not the chat state alone
         # and the sender got no error for it (silently dropped, XEP-0160 §3)
-        assert not [e for e in await drain_all(a) if e.get("type") == "error"]
+        assert not [e for e in await drain(a) if e.get("type") == "error"]
 
         b = await login(rookery_server, bob, bpw, "b")
         try:
@@ -121,20 +121,9 @@ async def test_payloads_survive_offline_storage_and_chat_states_alone_are_not_st
                 el.remove(delays[0])
                 assert canon(el, drop=("from", "to")) == canon(sent[el.get("id")], drop=("to",)), el.get("id")
                 assert el.get("to") == bob and el.get("from") == a.jid
-            assert not [e for e in await drain_all(b) if e.tag == f"{C}message"]
+            assert not [e for e in await drain(b) if e.tag == f"{C}message"]
         finally:
             await b.close()
     finally:
         await a.close()
 
-
-async def drain_all(c: RawClient, timeout: float = 0.3) -> list:
-    got = []
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while (left := end - loop.time()) > 0:
-        try:
-            got.append(await c.recv(left))
-        except TimeoutError:
-            break
-    return got

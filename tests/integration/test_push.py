@@ -5,11 +5,9 @@ path."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from xml.etree.ElementTree import Element
 
-from xmpp_helpers import RawClient, error_condition
+from xmpp_helpers import RawClient, error_condition, eventually
 
 from rookery.jid import JID
 from rookery.testing import RunningServer
@@ -28,14 +26,6 @@ OPTIONS = ("<x xmlns='jabber:x:data' type='submit'>"
 
 async def login(s: RunningServer, jid: str, pw: str, resource: str = "raw") -> RawClient:
     return await RawClient().login(s.direct_tls_port, jid, pw, resource=resource, tls=True)
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = T) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def is_push(el: Element) -> bool:

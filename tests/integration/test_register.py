@@ -13,12 +13,11 @@ from xml.etree.ElementTree import Element
 
 import pytest
 from slixmpp.exceptions import IqError
-from xmpp_helpers import RawClient, disconnect, error_condition, slix_client
+from xmpp_helpers import RawClient, befriend, disconnect, error_condition, slix_client
 
 from rookery.jid import JID
 from rookery.modules.caps import NODE, verification_string_of
 from rookery.modules.register import create_invite
-from rookery.storage.base import RosterItem
 from rookery.testing import RunningServer
 
 REG = "jabber:iq:register"
@@ -303,13 +302,6 @@ async def test_password_change_with_slixmpp_xep_0077(rookery_server_factory):
 
 
 # -- account removal (§3.2) --------------------------------------------------------------------------
-
-
-def befriend(server: RunningServer, a: str, b: str) -> None:
-    for owner, contact in ((a, b), (b, a)):
-        o = JID.parse(owner)
-        server.call(server.server.storage.roster.set_item, o.domain, o.local,
-                    RosterItem(jid=contact, subscription="both"))
 
 
 async def test_account_removal_deletes_everything_and_leaves_contacts_rosters(rookery_server_factory):

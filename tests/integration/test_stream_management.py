@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from xml.etree.ElementTree import Element
 
 import slixmpp
-from xmpp_helpers import STREAM_NS, RawClient, disconnect, insecure_context
+from xmpp_helpers import STREAM_NS, RawClient, disconnect, eventually, insecure_context
 
 from rookery.jid import JID
 from rookery.testing import RunningServer
@@ -35,14 +34,6 @@ async def enable(c: RawClient, resume: bool = True) -> Element:
     r = await c.recv_until(lambda e: e.tag in (f"{{{SM}}}enabled", f"{{{SM}}}failed"), T)
     assert r.tag == f"{{{SM}}}enabled", r.tag
     return r
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = T) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def failed_condition(el: Element) -> str | None:

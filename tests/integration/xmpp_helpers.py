@@ -208,3 +208,39 @@ async def disconnect(*clients: slixmpp.ClientXMPP) -> None:
             await asyncio.wait_for(c.disconnect(), 5)
         except Exception:
             pass
+
+
+# -- small shared helpers of the integration tests --------------------------------------------------
+async def eventually(pred, timeout: float = 3.0) -> None:  # noqa: ANN001
+    """Until ``pred()`` is true (bounded: AssertionError after ``timeout`` seconds)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def drain(c: RawClient, timeout: float = 0.3) -> list[Element]:
+    """Everything ``c`` receives within ``timeout`` seconds."""
+    got: list[Element] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while (left := end - loop.time()) > 0:
+        try:
+            got.append(await c.recv(left))
+        except (TimeoutError, ConnectionError):
+            break
+    return got
+
+
+def befriend(server, a: str, b: str) -> None:  # noqa: ANN001
+    """A mutual ("both") subscription between two local accounts, straight into storage."""
+    from rookery.jid import JID
+    from rookery.storage.base import RosterItem
+
+    for owner, contact in ((a, b), (b, a)):
+        o = JID.parse(owner)
+        server.call(server.server.storage.roster.set_item, o.domain, o.local,
+                    RosterItem(jid=contact, subscription="both"))
