@@ -15,7 +15,7 @@ from .jid import InvalidJID, nameprep
 
 DEFAULT_MODULES = [
     "roster", "presence", "disco", "caps", "ping", "version", "time", "last", "vcard", "private",
-    "offline", "session",
+    "offline", "session", "mam",
 ]
 
 
@@ -86,8 +86,17 @@ class VersionConfig(_Section):
     show_os: bool = False
 
 
+class MAMConfig(_Section):
+    """``[mam]``: XEP-0313 archive settings (the ``mam`` module's options; ``[modules.mam]`` works too)."""
+
+    retention: float = Field(0, ge=0)
+    full_text: bool = False
+    max_page: int = Field(100, ge=1, le=10_000)
+    cleanup_interval: float = Field(3600.0, gt=0)
+
+
 #: sections of the first release that hold a module's options ([modules.<name>] works as well)
-LEGACY_MODULE_SECTIONS = ("offline", "version")
+LEGACY_MODULE_SECTIONS = ("offline", "version", "mam")
 
 
 class VHostConfig(_Section):
@@ -114,6 +123,7 @@ class Config(_Section):
     tls: TLSConfig = TLSConfig()
     offline: OfflineConfig = OfflineConfig()
     version: VersionConfig = VersionConfig()
+    mam: MAMConfig = MAMConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -24,6 +24,7 @@ BUILTIN: dict[str, str] = {
     "private": "rookery.modules.private:PrivateStorage",
     "offline": "rookery.modules.offline:Offline",
     "session": "rookery.modules.session:Session",
+    "mam": "rookery.modules.mam:MAM",
 }
 
 

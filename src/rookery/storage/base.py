@@ -9,6 +9,7 @@ Passwords never reach storage: only SCRAM salted keys (RFC 5802 §3) do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Protocol
 
 
@@ -151,11 +152,21 @@ class ArchiveStore(Protocol):
         before ``id`` (§2.3), newest first either way.
         """
 
+    async def append_many(self, store: str, items: Sequence[tuple[str, str, ArchiveItem]]) -> None:
+        """Store many ``(host, user, item)`` in one transaction (one multi-row ``INSERT``), in order:
+        items with equal ``when`` keep the order given.  The caller chooses each ``item.id`` (e.g. a
+        XEP-0359 stanza-id already sent out; it must be unique, like ``append``'s); ``item.when`` is
+        taken as given."""
+
     async def get(self, store: str, host: str, user: str, id: str) -> ArchiveItem | None: ...
 
     async def delete(self, store: str, host: str, user: str, *, before: float | None = None) -> int:
         """Delete the user's items in that store (only those with ``when < before`` when given);
         returns how many."""
+
+    async def prune(self, store: str, before: float, *, host: str | None = None) -> int:
+        """Delete every user's items in that store with ``when < before`` (retention), only those of
+        ``host`` when given; returns how many."""
 
     async def count(self, store: str, host: str, user: str) -> int: ...
 

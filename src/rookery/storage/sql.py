@@ -49,7 +49,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -585,6 +585,32 @@ class SQLArchiveStore:
 
         return await self._db._read(tx)
 
+    async def append_many(self, store: str, items: Sequence[tuple[str, str, ArchiveItem]]) -> None:
+        rows = [
+            {
+                "store": store,
+                "host": host,
+                "username": user,
+                "id": item.id,
+                "ts": float(item.when),
+                "peer": item.with_,
+                "peer_bare": _bare(item.with_),
+                "value": item.value,
+            }
+            for host, user, item in items
+        ]
+        if not rows:
+            return
+        stmt = sa.insert(archive)
+
+        async def tx(conn: AsyncConnection) -> None:
+            # executemany: SQLite runs the prepared INSERT per row inside one transaction; asyncpg
+            # batches them ("insertmanyvalues").  Rows get ascending seq in list order.
+            for i in range(0, len(rows), _BATCH_ROWS):
+                await conn.execute(stmt, rows[i : i + _BATCH_ROWS])
+
+        await self._db._write(tx)
+
     async def get(self, store: str, host: str, user: str, id: str) -> ArchiveItem | None:
         rows = self._db.point_read(_SQL_ARCHIVE_ITEM, (id, host, user, store))
         if rows is not None:  # SQLite fast path (see SQLStorage.point_read)
@@ -609,6 +635,16 @@ class SQLArchiveStore:
 
         return await self._db._write(tx)
 
+    async def prune(self, store: str, before: float, *, host: str | None = None) -> int:
+        stmt = sa.delete(archive).where(archive.c.store == store, archive.c.ts < before)
+        if host is not None:
+            stmt = stmt.where(archive.c.host == host)
+
+        async def tx(conn: AsyncConnection) -> int:
+            return (await conn.execute(stmt)).rowcount
+
+        return await self._db._write(tx)
+
     async def count(self, store: str, host: str, user: str) -> int:
         stmt = sa.select(sa.func.count()).select_from(archive).where(self._where(store, host, user))
 
@@ -617,6 +653,8 @@ class SQLArchiveStore:
 
         return await self._db._read(tx)
 
+
+_BATCH_ROWS = 10_000  # rows per executemany call in append_many
 
 _SQL_ARCHIVE_ITEM = (
     "SELECT id, ts, peer, value FROM archive WHERE id = ? AND host = ? AND username = ? AND store = ?"
