@@ -385,3 +385,75 @@ async def test_slixmpp_mam_client_retrieves_history(rookery_server):
         bodies.append(rsm_page["mam_result"]["forwarded"]["stanza"]["body"])
     assert bodies == [f"slix{i}" for i in range(5)]
     await disconnect(a, b)
+
+
+async def test_full_text_search_when_enabled(rookery_server_factory):
+    server = rookery_server_factory(mam={"full_text": True})
+    a = await _login(server)
+    b = await _login(server)
+    await _drain(a, b)
+    for body in ("the quick brown fox", "a lazy dog", "Quick thinking"):
+        await _chat(a, b.bare, body)
+    await asyncio.sleep(0.3)
+    field = "{urn:xmpp:fulltext:0}fulltext"
+    r = await b.iq(f"<iq type='get' id='ff'><query xmlns='{MAM}'/></iq>")
+    assert field in {f.get("var") for f in r.iter("{jabber:x:data}field")}
+    results, iq = await _query(b, _form(**{field: "quick"}))
+    assert [_body(r) for r in results] == ["the quick brown fox", "Quick thinking"]
+    assert _fin(iq).get("complete") == "true"
+    results, _ = await _query(b, _form(**{field: "quick fox"}))
+    assert [_body(r) for r in results] == ["the quick brown fox"]
+    results, _ = await _query(a, _form(**{field: "dog"}), rsm=f"<set xmlns='{RSM}'><max>5</max><before/></set>")
+    assert [_body(r) for r in results] == ["a lazy dog"]
+    await a.close()
+    await b.close()
+
+
+async def test_full_text_field_is_unknown_when_disabled(rookery_server):
+    a = await _login(rookery_server)
+    _, iq = await _query(a, _form(**{"{urn:xmpp:fulltext:0}fulltext": "x"}))
+    assert error_condition(iq) == "feature-not-implemented"
+    await a.close()
+
+
+async def test_retention_removes_old_messages_periodically(rookery_server_factory):
+    from rookery.storage.base import ArchiveItem
+
+    server = rookery_server_factory(mam={"retention": 1, "cleanup_interval": 0.1})
+    a = await _login(server)
+    user = a.bare.split("@")[0]
+    old = time.time() - 2 * 86400
+    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(server.server.storage.archive.append_many(
+        "mam/messages", [(server.domain, user, ArchiveItem("old-1", old, "x@y", "<message><body>old</body></message>"))]),
+        server.loop))
+    b = await _login(server)
+    await _drain(a, b)
+    await _chat(b, a.bare, "recent", recv=a)
+    deadline = time.time() + 5
+    while True:
+        results, _ = await _query(a)
+        if [_body(r) for r in results] == ["recent"]:
+            break
+        assert time.time() < deadline, [_body(r) for r in results]
+        await asyncio.sleep(0.1)
+    await a.close()
+    await b.close()
+
+
+async def test_pending_archive_writes_survive_shutdown(rookery_server_factory, tmp_path):
+    server = rookery_server_factory()
+    a = await _login(server)
+    b = await _login(server)
+    await _drain(a, b)
+    await _chat(a, b.bare, "last words", recv=b)
+    user = b.bare.split("@")[0]
+    server.call(server.server.stop)  # at once: module stop() flushes the pending batch
+    await a.close()
+    await b.close()
+    storage = server.server.storage
+    await storage.open()
+    try:
+        items = await storage.archive.query("mam/messages", server.domain, user)
+        assert [i.value for i in items if "last words" in i.value]
+    finally:
+        await storage.close()

@@ -278,6 +278,8 @@ class MAM(Module):
         self._wake: asyncio.Event | None = None
         self._flush_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: domains with [mam] full_text: their items carry the body as searchable text
+        self._full_text = {h for h in ctx.hosts if ctx.options_for(h).full_text}
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -332,7 +334,8 @@ class MAM(Module):
     # -- batching ----------------------------------------------------------------------------------
     def _enqueue(self, key: Key, item_id: str, with_: str | None, el: Element) -> None:
         """The message path's only archive work: one list append (written by ``_flusher``)."""
-        self._batch.append((key[0], key[1], ArchiveItem(item_id, time.time(), with_, serialize(el))))
+        text = el.findtext("body") if key[0] in self._full_text else None
+        self._batch.append((key[0], key[1], ArchiveItem(item_id, time.time(), with_, serialize(el), text)))
         self._batch_users.add(key)
         wake = self._wake
         if wake is not None and not wake.is_set():
