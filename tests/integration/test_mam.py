@@ -457,3 +457,42 @@ async def test_pending_archive_writes_survive_shutdown(rookery_server_factory, t
         assert [i.value for i in items if "last words" in i.value]
     finally:
         await storage.close()
+
+
+async def test_message_routed_again_by_the_server_keeps_its_id_and_is_archived_once(rookery_server):
+    """A stanza the server routes a second time (e.g. re-routed from a dead stream) already carries
+    its archive id: kept, not archived again; a forged one on a server-routed stanza is replaced."""
+    from rookery.xml import serialize
+
+    a = await _login(rookery_server)
+    b = await _login(rookery_server)
+    await _drain(a, b)
+    got = await _chat(a, b.bare, "once", recv=b)
+    sid = got.find(f"{{{SID}}}stanza-id").get("id")
+    for child in list(got):
+        if child.tag.startswith(C):
+            child.tag = child.tag[len(C):]
+    got.tag = "message"
+    from xml.etree.ElementTree import fromstring
+
+    again = fromstring(serialize(got))
+    rookery_server.call(lambda: _route(rookery_server, again))
+    again2 = await b.recv_until(lambda e: e.tag == C + "message" and e.get("id") == "m-once")
+    assert again2.find(f"{{{SID}}}stanza-id").get("id") == sid
+    forged = fromstring(f"<message from='{a.bare}/raw' to='{b.bare}' type='chat' id='m-forged'><body>forged</body>"
+                        f"<stanza-id xmlns='{SID}' by='{b.bare}' id='{sid[:-2]}AA'/></message>")
+    rookery_server.call(lambda: _route(rookery_server, forged))
+    got = await b.recv_until(lambda e: e.tag == C + "message" and e.get("id") == "m-forged")
+    new = got.findall(f"{{{SID}}}stanza-id")
+    assert len(new) == 1 and new[0].get("id") not in (sid, sid[:-2] + "AA")
+    results, _ = await _query(b)
+    assert [_body(r) for r in results] == ["once", "forged"]
+    assert _ids(results) == [sid, new[0].get("id")]
+    await a.close()
+    await b.close()
+
+
+async def _route(server, el):
+    r = server.server.router.send(el)
+    if r is not None:
+        await r

@@ -39,6 +39,8 @@ oldest go first, ids are never reused).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
 import json
 import re
 import secrets
@@ -77,6 +79,7 @@ _DATETIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)
 FLUSH_DELAY = 0.02  # seconds a batch waits for company before it is written
 MAX_PENDING = 100_000  # items kept in memory while the database refuses writes
 DEFAULT_PREFS = "always"
+MAX_FRESH = 10_000  # stamped ids awaiting delivery kept at most (a bounced message's id ages out)
 
 Key = tuple[str, str]
 
@@ -278,6 +281,10 @@ class MAM(Module):
         self._wake: asyncio.Event | None = None
         self._flush_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: key of the MAC in the archive ids this process assigns (see _mint)
+        self._key = secrets.token_bytes(32)
+        #: ids stamped on messages on their way, not yet archived (bounded: bounced ones age out)
+        self._fresh: dict[str, None] = {}
         #: domains with [mam] full_text: their items carry the body as searchable text
         self._full_text = {h for h in ctx.hosts if ctx.options_for(h).full_text}
 
@@ -452,7 +459,8 @@ class MAM(Module):
         to = st.to
         assert to is not None
         el = st.el
-        _strip_ids(el, to.bare)
+        if self._stamped(st, to.bare):
+            return None  # routed again by the server: archived on its first trip already
         if (st.type != "chat" and st.type != "normal") or not archivable(el):
             return None
         frm = st.from_
@@ -464,20 +472,54 @@ class MAM(Module):
             return self._incoming_later(st, key, frm)
         r = self._archives(key, prefs, frm)
         if r is True:
-            SubElement(el, _SID_TAG, {"id": _new_id(), "by": to.bare})
+            SubElement(el, _SID_TAG, {"id": self._mint(to.bare), "by": to.bare})
         elif r is not False:
             return self._incoming_after(r, st, to, frm)
         return None
+
+    def _stamped(self, st: Stanza, by: str) -> bool:
+        """Remove stanza-ids claiming to be by ``by`` (XEP-0359 §4 rule 2), except, on a stanza the
+        server itself routes again (no client origin), the one this process assigned: True then."""
+        el = st.el
+        for c in el:
+            if c.tag == _SID_TAG and c.get("by") == by:
+                if st.origin is None and self._ours(c.get("id", ""), by):
+                    return True
+                _strip_ids(el, by)
+                return False
+        return False
 
     async def _incoming_later(self, st: Stanza, key: Key, frm: JID) -> None:
         to = st.to
         assert to is not None
         if await self._decide(key, frm):
-            SubElement(st.el, _SID_TAG, {"id": _new_id(), "by": to.bare})
+            SubElement(st.el, _SID_TAG, {"id": self._mint(to.bare), "by": to.bare})
 
     async def _incoming_after(self, r: Awaitable[bool], st: Stanza, to: JID, frm: JID) -> None:
         if await r:
-            SubElement(st.el, _SID_TAG, {"id": _new_id(), "by": to.bare})
+            SubElement(st.el, _SID_TAG, {"id": self._mint(to.bare), "by": to.bare})
+
+    def _mint(self, by: str) -> str:
+        """A new archive id for ``by``'s archive (XEP-0313 §2: unpredictable, unique): 96 random bits
+        and a 48-bit MAC under this process's key, so that a stanza the server routes again (e.g.
+        re-routed from a dead stream) is recognised as already stamped and archived."""
+        rnd = secrets.token_bytes(12)
+        tag = hmac.new(self._key, rnd + by.encode(), "sha256").digest()[:6]
+        sid = base64.urlsafe_b64encode(rnd + tag).decode()
+        self._fresh[sid] = None
+        if len(self._fresh) > MAX_FRESH:
+            self._fresh.pop(next(iter(self._fresh)))
+        return sid
+
+    def _ours(self, sid: str, by: str) -> bool:
+        try:
+            raw = base64.urlsafe_b64decode(sid.encode())
+        except (ValueError, UnicodeEncodeError):
+            return False
+        if len(raw) != 18:
+            return False
+        tag = hmac.new(self._key, raw[:12] + by.encode(), "sha256").digest()[:6]
+        return hmac.compare_digest(tag, raw[12:])
 
     def _archive_incoming(self, st: Stanza) -> None:
         to = st.to
@@ -488,8 +530,11 @@ class MAM(Module):
         for i in range(len(el) - 1, -1, -1):
             c = el[i]
             if c.tag == _SID_TAG and c.get("by") == bare:
-                frm = st.from_
-                self._enqueue((to.domain, to.local), c.get("id", ""), frm.full if frm else None, el)
+                sid = c.get("id", "")
+                if sid in self._fresh:  # stamped on this trip (not an earlier one): archive once
+                    del self._fresh[sid]
+                    frm = st.from_
+                    self._enqueue((to.domain, to.local), sid, frm.full if frm else None, el)
                 return
 
     @hook("message-delivered")
@@ -701,5 +746,5 @@ def _strip_ids(el: Element, by: str) -> None:
 
 
 def _new_id() -> str:
-    """An unpredictable archive id (XEP-0313 §2; XEP-0359 §4 rule 1): 96 random bits."""
+    """An unpredictable id (XEP-0359 §4 rule 1): 96 random bits."""
     return secrets.token_urlsafe(12)
