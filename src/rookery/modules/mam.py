@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
 import json
 import re
@@ -78,10 +79,13 @@ _DATETIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)
 
 FLUSH_DELAY = 0.02  # seconds a batch waits for company before it is written
 MAX_PENDING = 100_000  # items kept in memory while the database refuses writes
+MAX_WRITE = 5_000  # items per write transaction (SQLite's write lock is held that long)
 DEFAULT_PREFS = "always"
-MAX_FRESH = 10_000  # stamped ids awaiting delivery kept at most (a bounced message's id ages out)
+MAX_REROUTED = 10_000
 
 Key = tuple[str, str]
+#: a message waiting to be written: host, user, id, when, with, element, archive whose stamp to hide
+Pending = tuple[str, str, str, float, "str | None", Element, "str | None"]
 
 
 class MAMOptions(Options):
@@ -274,7 +278,7 @@ class MAM(Module):
         super().__init__(ctx)
         self.archive = ctx.open_store("messages", "archive")
         self.prefs_store = ctx.open_store("prefs", "keyval")
-        self._batch: list[tuple[str, str, ArchiveItem]] = []
+        self._batch: list[Pending] = []
         self._batch_users: set[Key] = set()
         self._inflight_users: set[Key] = set()
         self._prefs: dict[Key, Prefs] = {}
@@ -283,8 +287,11 @@ class MAM(Module):
         self._tasks: list[asyncio.Task[None]] = []
         #: key of the MAC in the archive ids this process assigns (see _mint)
         self._key = secrets.token_bytes(32)
-        #: ids stamped on messages on their way, not yet archived (bounded: bounced ones age out)
-        self._fresh: dict[str, None] = {}
+        self._mac = hashlib.blake2b(key=self._key, digest_size=6)
+        self._prefix = secrets.token_bytes(6)
+        self._count = 0
+        #: ids of stanzas the server routes again, already archived (see _stamped; rare, bounded)
+        self._rerouted: set[str] = set()
         #: domains with [mam] full_text: their items carry the body as searchable text
         self._full_text = {h for h in ctx.hosts if ctx.options_for(h).full_text}
 
@@ -339,39 +346,63 @@ class MAM(Module):
         return removed
 
     # -- batching ----------------------------------------------------------------------------------
-    def _enqueue(self, key: Key, item_id: str, with_: str | None, el: Element) -> None:
-        """The message path's only archive work: one list append (written by ``_flusher``)."""
-        text = el.findtext("body") if key[0] in self._full_text else None
-        self._batch.append((key[0], key[1], ArchiveItem(item_id, time.time(), with_, serialize(el), text)))
+    def _enqueue(self, key: Key, item_id: str, with_: str | None, el: Element, hide: str | None = None) -> None:
+        """The message path's only archive work: one list append.  The element is serialized when the
+        batch is written (``_items``), once for both archives of a message between local users; ``hide``
+        names the archive whose stanza-id the copy must not show (the recipient's, on a sent message)."""
+        self._batch.append((key[0], key[1], item_id, time.time(), with_, el, hide))
         self._batch_users.add(key)
         wake = self._wake
         if wake is not None and not wake.is_set():
             wake.set()
 
+    def _items(self, batch: list[Pending]) -> list[tuple[str, str, ArchiveItem]]:
+        """Serialize a batch: each element once, the sender's copy without the recipient's stamp."""
+        done: dict[int, str] = {}
+        out = []
+        full_text = self._full_text
+        for host, user, item_id, when, with_, el, hide in batch:
+            value = done.get(id(el))
+            if value is None:
+                value = done[id(el)] = serialize(el)
+            if hide is not None:
+                for c in el:
+                    if c.tag == _SID_TAG and c.get("by") == hide:
+                        value = value.replace(serialize(c), "", 1)
+                        break
+            text = el.findtext("body") if host in full_text else None
+            out.append((host, user, ArchiveItem(item_id, when, with_, value, text)))
+        return out
+
     async def flush(self) -> None:
-        """Write every pending item (one transaction); on failure keep them for the next try."""
+        """Write every pending item (transactions of at most ``MAX_WRITE`` items); on failure keep
+        them for the next try."""
         lock = self._flush_lock
         if lock is None:
             return
         async with lock:
-            batch, self._batch = self._batch, []
-            if not batch:
-                return
-            self._inflight_users, self._batch_users = self._batch_users, set()
-            try:
-                await self.archive.append_many(batch)
-            except Exception:
-                self.log.exception("archive write of %d messages failed; retrying", len(batch))
-                if len(batch) + len(self._batch) <= MAX_PENDING:
-                    self._batch[:0] = batch
-                    self._batch_users |= self._inflight_users
-                else:
-                    self.log.error("archive backlog over %d messages: %d dropped", MAX_PENDING, len(batch))
-                await asyncio.sleep(0.5)
-                if self._wake is not None:
-                    self._wake.set()
-            finally:
-                self._inflight_users = set()
+            while self._batch:
+                batch, self._batch = self._batch[:MAX_WRITE], self._batch[MAX_WRITE:]
+                users = {(b[0], b[1]) for b in batch}
+                self._inflight_users = users
+                if not self._batch:
+                    self._batch_users = set()
+                try:
+                    await self.archive.append_many(self._items(batch))
+                except Exception:
+                    self.log.exception("archive write of %d messages failed; retrying", len(batch))
+                    if len(batch) + len(self._batch) <= MAX_PENDING:
+                        self._batch[:0] = batch
+                        self._batch_users |= users
+                    else:
+                        self.log.error("archive backlog over %d messages: %d dropped", MAX_PENDING, len(batch))
+                    self._inflight_users = set()
+                    await asyncio.sleep(0.5)
+                    if self._wake is not None:
+                        self._wake.set()
+                    return
+                finally:
+                    self._inflight_users = set()
 
     async def _flush_for(self, key: Key) -> None:
         if key in self._batch_users or key in self._inflight_users:
@@ -431,18 +462,18 @@ class MAM(Module):
             return self._outgoing_later(st, key, to)
         r = self._archives(key, prefs, to)
         if r is True:
-            self._enqueue(key, _new_id(), to.full, el)
+            self._enqueue(key, _new_id(), to.full, el, to.bare)
         elif r is not False:
             return self._outgoing_after(r, st, key, to)
         return None
 
     async def _outgoing_later(self, st: Stanza, key: Key, to: JID) -> None:
         if await self._decide(key, to):
-            self._enqueue(key, _new_id(), to.full, st.el)
+            self._enqueue(key, _new_id(), to.full, st.el, to.bare)
 
     async def _outgoing_after(self, r: Awaitable[bool], st: Stanza, key: Key, to: JID) -> None:
         if await r:
-            self._enqueue(key, _new_id(), to.full, st.el)
+            self._enqueue(key, _new_id(), to.full, st.el, to.bare)
 
     # -- archiving: incoming ------------------------------------------------------------------------
     @hook("message/bare", priority=-1000)
@@ -483,7 +514,11 @@ class MAM(Module):
         el = st.el
         for c in el:
             if c.tag == _SID_TAG and c.get("by") == by:
-                if st.origin is None and self._ours(c.get("id", ""), by):
+                sid = c.get("id", "")
+                if st.origin is None and self._ours(sid, by):
+                    if len(self._rerouted) >= MAX_REROUTED:
+                        self._rerouted.clear()
+                    self._rerouted.add(sid)
                     return True
                 _strip_ids(el, by)
                 return False
@@ -500,16 +535,16 @@ class MAM(Module):
             SubElement(st.el, _SID_TAG, {"id": self._mint(to.bare), "by": to.bare})
 
     def _mint(self, by: str) -> str:
-        """A new archive id for ``by``'s archive (XEP-0313 §2: unpredictable, unique): 96 random bits
-        and a 48-bit MAC under this process's key, so that a stanza the server routes again (e.g.
-        re-routed from a dead stream) is recognised as already stamped and archived."""
-        rnd = secrets.token_bytes(12)
-        tag = hmac.new(self._key, rnd + by.encode(), "sha256").digest()[:6]
-        sid = base64.urlsafe_b64encode(rnd + tag).decode()
-        self._fresh[sid] = None
-        if len(self._fresh) > MAX_FRESH:
-            self._fresh.pop(next(iter(self._fresh)))
-        return sid
+        """A new archive id for ``by``'s archive (XEP-0313 §2: unpredictable and unique): a random
+        per-process prefix, a counter, and a 48-bit keyed BLAKE2 MAC of both and ``by``, so that the
+        ids cannot be guessed and a stanza the server routes again (e.g. re-routed from a dead stream)
+        is recognised as already stamped and archived (``_stamped``).  No system call per id."""
+        self._count += 1
+        head = self._prefix + self._count.to_bytes(6, "big")
+        mac = self._mac.copy()
+        mac.update(head + by.encode())
+        tag = mac.digest()
+        return base64.urlsafe_b64encode(head + tag).decode()
 
     def _ours(self, sid: str, by: str) -> bool:
         try:
@@ -518,7 +553,9 @@ class MAM(Module):
             return False
         if len(raw) != 18:
             return False
-        tag = hmac.new(self._key, raw[:12] + by.encode(), "sha256").digest()[:6]
+        mac = self._mac.copy()
+        mac.update(raw[:12] + by.encode())
+        tag = mac.digest()
         return hmac.compare_digest(tag, raw[12:])
 
     def _archive_incoming(self, st: Stanza) -> None:
@@ -531,24 +568,32 @@ class MAM(Module):
             c = el[i]
             if c.tag == _SID_TAG and c.get("by") == bare:
                 sid = c.get("id", "")
-                if sid in self._fresh:  # stamped on this trip (not an earlier one): archive once
-                    del self._fresh[sid]
-                    frm = st.from_
-                    self._enqueue((to.domain, to.local), sid, frm.full if frm else None, el)
+                if self._rerouted and sid in self._rerouted:  # archived on an earlier trip
+                    self._rerouted.discard(sid)
+                    return
+                frm = st.from_
+                self._enqueue((to.domain, to.local), sid, frm.full if frm else None, el)
                 return
 
     @hook("message-delivered")
     def delivered(self, st: Stanza, targets: Any) -> None:
         """Archive a message we stamped once it is delivered (once, whatever the number of targets)."""
-        if st.to is not None and self.ctx.enabled_for(st.to.domain):
-            self._archive_incoming(st)
+        self._archive_incoming(st)  # (the module manager scopes it to our domains)
 
     @fold("delivery-failed", priority=-1000)
     def stored_offline(self, handled: Any, st: Stanza) -> Any:
         """After offline storage (XEP-0160) took the message: archive it too.  Passes the value on."""
-        if handled is True and st.to is not None and self.ctx.enabled_for(st.to.domain):
+        if handled is True:
             self._archive_incoming(st)
         return handled
+
+    @hook("session-bound")
+    async def session_bound(self, session: Any) -> None:
+        """Load the user's preferences before they send or receive anything, so that the message
+        path finds them in memory (it awaits storage only when they are missing)."""
+        jid = session.jid
+        if jid.local is not None:
+            await self.prefs(jid.domain, jid.local)
 
     @hook("user-deleted")
     def user_deleted(self, host: str, user: str) -> None:
