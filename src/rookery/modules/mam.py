@@ -462,18 +462,18 @@ class MAM(Module):
             return self._outgoing_later(st, key, to)
         r = self._archives(key, prefs, to)
         if r is True:
-            self._enqueue(key, _new_id(), to.full, el, to.bare)
+            self._enqueue(key, self._mint(frm.bare), to.full, el, to.bare)
         elif r is not False:
             return self._outgoing_after(r, st, key, to)
         return None
 
     async def _outgoing_later(self, st: Stanza, key: Key, to: JID) -> None:
         if await self._decide(key, to):
-            self._enqueue(key, _new_id(), to.full, st.el, to.bare)
+            self._enqueue(key, self._mint(key[1] + "@" + key[0]), to.full, st.el, to.bare)
 
     async def _outgoing_after(self, r: Awaitable[bool], st: Stanza, key: Key, to: JID) -> None:
         if await r:
-            self._enqueue(key, _new_id(), to.full, st.el, to.bare)
+            self._enqueue(key, self._mint(key[1] + "@" + key[0]), to.full, st.el, to.bare)
 
     # -- archiving: incoming ------------------------------------------------------------------------
     @hook("message/bare", priority=-1000)
