@@ -16,6 +16,7 @@ from .jid import InvalidJID, nameprep
 DEFAULT_MODULES = [
     "roster", "presence", "disco", "caps", "ping", "version", "time", "last", "vcard", "private",
     "offline", "session", "register", "contact_info", "carbons", "csi", "blocking", "smacks", "push",
+    "mam",
 ]
 
 
@@ -135,9 +136,18 @@ class RegisterConfig(_Section):
     window: float = Field(3600.0, gt=0)
 
 
-#: top-level sections that hold a module's options ([modules.<name>] works as well): the first
-#: release's ``[offline]`` and ``[version]``, and ``[register]``
-LEGACY_MODULE_SECTIONS = {"offline": "offline", "version": "version", "register": "register_"}
+class MAMConfig(_Section):
+    """``[mam]``: XEP-0313 archive settings (the ``mam`` module's options; ``[modules.mam]`` works too)."""
+
+    retention: float = Field(0, ge=0)
+    full_text: bool = False
+    max_page: int = Field(100, ge=1, le=10_000)
+    cleanup_interval: float = Field(3600.0, gt=0)
+
+
+#: top-level sections that hold a module's options (module name -> Config field): the first release's
+#: ``[offline]`` and ``[version]``, ``[register]`` and ``[mam]``; [modules.<name>] works as well and wins
+LEGACY_MODULE_SECTIONS = {"offline": "offline", "version": "version", "register": "register_", "mam": "mam"}
 
 
 class VHostConfig(_Section):
@@ -167,6 +177,7 @@ class Config(_Section):
     version: VersionConfig = VersionConfig()
     #: ``[register]`` (the attribute has a trailing underscore: ``register`` is a ``BaseModel`` method)
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    mam: MAMConfig = MAMConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -100,11 +100,18 @@ max_messages = 0
     assert cfg.c2s.max_depth == 32  # unset keys keep their defaults
 
 
+def test_mam_section_sets_the_mam_module_options(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[mam]\nretention = 30\nfull_text = true\n")
+    cfg = load_config(str(p))
+    assert cfg.options_of("mam") == {"retention": 30, "full_text": True}
+
+
 def test_unknown_top_level_key(tmp_path):
     assert config_error(tmp_path, "bogus = 1").endswith(": bogus: unknown key")
 
 
-@pytest.mark.parametrize("section", ["c2s", "s2s", "http", "tls", "offline", "version"])
+@pytest.mark.parametrize("section", ["c2s", "s2s", "http", "tls", "offline", "version", "mam"])
 def test_unknown_nested_key(tmp_path, section):
     assert config_error(tmp_path, f"[{section}]\nbogus = 1").endswith(f": {section}.bogus: unknown key")
 
@@ -125,6 +132,12 @@ def test_unknown_nested_key(tmp_path, section):
         ('[c2s]\nlisten = "*:5222"', "c2s.listen"),  # a string, not a list
         ("[offline]\nmax_messages = -1", "offline.max_messages"),
         ('[version]\nshow_os = "yes please"', "version.show_os"),
+        ("[mam]\nretention = -1", "mam.retention"),
+        ('[mam]\nretention = "forever"', "mam.retention"),
+        ('[mam]\nfull_text = "sometimes"', "mam.full_text"),
+        ("[mam]\nmax_page = 0", "mam.max_page"),
+        ("[mam]\ncleanup_interval = 0", "mam.cleanup_interval"),
+        ("[modules.mam]\nretention = -2", "modules.mam.retention"),
         ('[tls]\nmin_version = "1.0"', "tls.min_version"),
         ("[tls]\ncert = 5", "tls.cert"),
         ('[tls]\nciphers = "NO-SUCH-CIPHER"', "tls.ciphers"),

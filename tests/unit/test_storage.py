@@ -524,6 +524,79 @@ async def test_concurrent_archive_appends_get_distinct_ids(store: SQLStorage) ->
     assert sorted(i.id for i in items) == sorted(ids)
 
 
+async def test_archive_append_many_keeps_order_ids_and_users_apart(store: SQLStorage) -> None:
+    items = [
+        (HOST, "juliet" if i % 3 else "romeo", ArchiveItem(f"id-{i}", 1000.0 + i // 4, ROMEO, f"<m{i}/>"))
+        for i in range(25)
+    ]
+    await store.archive.append_many(MAM, items)
+    await store.archive.append_many(MAM, [])  # nothing to do
+    for user in ("juliet", "romeo"):
+        got = await store.archive.query(MAM, HOST, user)
+        # equal timestamps (four per second) keep the order given
+        assert [i.id for i in got] == [it.id for h, u, it in items if u == user]
+        assert [i.value for i in got] == [it.value for h, u, it in items if u == user]
+    first = items[1][2]
+    assert await store.archive.get(MAM, HOST, "juliet", "id-1") == ArchiveItem("id-1", 1000.0, ROMEO, "<m1/>")
+    assert first.id == "id-1"
+    # paging works over bulk-written items like over single appends
+    page = await store.archive.query(MAM, HOST, "juliet", after="id-1", limit=2)
+    assert [i.id for i in page] == ["id-2", "id-4"]
+    # a repeated id is refused as a whole batch (ids are unique)
+    with pytest.raises(sa.exc.IntegrityError):
+        await store.archive.append_many(MAM, [(HOST, "juliet", ArchiveItem("new", 1.0, None, "<m/>")),
+                                              (HOST, "juliet", ArchiveItem("id-1", 1.0, None, "<m/>"))])
+    assert await store.archive.get(MAM, HOST, "juliet", "new") is None
+
+
+async def test_archive_append_many_writes_large_batches(store: SQLStorage) -> None:
+    n = 25_000  # more than one executemany chunk
+    await store.archive.append_many(
+        MAM, [(HOST, "juliet", ArchiveItem(f"b{i}", 1000.0 + i, ROMEO, "<m/>")) for i in range(n)]
+    )
+    assert await store.archive.count(MAM, HOST, "juliet") == n
+    last = await store.archive.query(MAM, HOST, "juliet", limit=2, reverse=True)
+    assert [i.id for i in last] == [f"b{n - 1}", f"b{n - 2}"]
+
+
+async def test_archive_prune_deletes_old_items_of_every_user(store: SQLStorage) -> None:
+    await _fill(store, 4)  # 1000..1003
+    await _fill(store, 4, user="romeo")
+    await store.archive.append(MAM, "other.example", "juliet", "<m/>", when=1000.0)
+    await store.archive.append("muc", HOST, "juliet", "<m/>", when=1.0)
+    assert await store.archive.prune(MAM, 1002.0, host=HOST) == 4
+    assert await store.archive.count(MAM, HOST, "juliet") == 2
+    assert await store.archive.count(MAM, HOST, "romeo") == 2
+    assert await store.archive.count(MAM, "other.example", "juliet") == 1  # other domain kept
+    assert await store.archive.count("muc", HOST, "juliet") == 1  # other store kept
+    assert await store.archive.prune(MAM, 5000.0) == 5
+    assert await store.archive.count(MAM, "other.example", "juliet") == 0
+
+
+async def test_archive_full_text_search_matches_every_word(store: SQLStorage) -> None:
+    texts = ["Wherefore art thou Romeo", "a rose by any other name", "ROMEO, doff thy name", None,
+             'quotes " and * operators OR NEAR']
+    await store.archive.append_many(MAM, [
+        (HOST, "juliet", ArchiveItem(f"t{i}", 1000.0 + i, ROMEO, f"<m{i}/>", t)) for i, t in enumerate(texts)
+    ])
+    await store.archive.append_many(MAM, [(HOST, "romeo", ArchiveItem("r0", 1.0, None, "<m/>", "romeo"))])
+
+    async def search(q: str, **kw: object) -> list[str]:
+        return [i.id for i in await store.archive.query(MAM, HOST, "juliet", text=q, **kw)]  # type: ignore[arg-type]
+
+    assert await search("romeo") == ["t0", "t2"]  # case-insensitive, only this user's archive
+    assert await search("name romeo") == ["t2"]  # every word
+    assert await search("name") == ["t1", "t2"]
+    assert await search("name", reverse=True, limit=1) == ["t2"]
+    assert await search("name", after="t1") == ["t2"]
+    assert await search("juliet") == []
+    assert await search('" * OR') == ["t4"]  # user input is never query syntax
+    assert await search("   ") == []
+    # deleted items leave the index
+    await store.archive.delete(MAM, HOST, "juliet", before=1001.0)
+    assert await search("romeo") == ["t2"]
+
+
 # -- whole-user and lifecycle -----------------------------------------------------------------------
 
 
@@ -598,7 +671,7 @@ async def test_migrations_are_idempotent_and_reach_head(url: str) -> None:
         assert again._engine is not None
         async with again._engine.connect() as conn:
             heads = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars().all()
-        assert heads == ["0002"]
+        assert heads == ["0003"]
     finally:
         await again.close()
 
@@ -646,14 +719,18 @@ async def test_open_upgrades_a_revision_0001_database_keeping_its_data(url: str)
                 return columns, indexes
 
             columns, indexes = await conn.run_sync(schema)
-        assert heads == ["0002"]
+        assert heads == ["0003"]
         # The migration and the Table used to build queries agree.
         assert columns == set(sql.archive.c.keys())
-        assert indexes == {
+        expected = {
             "ux_archive_id": (["id"], True),
             "ix_archive_user_time": (["host", "username", "store", "ts", "seq"], False),
             "ix_archive_user_peer": (["host", "username", "store", "peer_bare", "ts", "seq"], False),
+            "ix_archive_store_time": (["store", "ts"], False),
         }
+        if storage.is_postgresql:  # the full-text expression index (SQLite has archive_fts instead)
+            expected["ix_archive_fts"] = indexes["ix_archive_fts"]
+        assert indexes == expected
         item_id = await storage.archive.append(MAM, HOST, "juliet", "<m/>", with_=ROMEO, when=5.0)
         assert await storage.archive.query(MAM, HOST, "juliet", with_=ROMEO) == [
             ArchiveItem(id=item_id, when=5.0, with_=ROMEO, value="<m/>")

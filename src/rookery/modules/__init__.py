@@ -31,6 +31,7 @@ BUILTIN: dict[str, str] = {
     "blocking": "rookery.modules.blocking:Blocking",
     "smacks": "rookery.modules.stream_management:StreamManagement",
     "push": "rookery.modules.push:Push",
+    "mam": "rookery.modules.mam:MAM",
 }
 
 

@@ -8,6 +8,7 @@ Passwords never reach storage: only SCRAM salted keys (RFC 5802 §3) do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -122,13 +123,15 @@ class ArchiveItem:
     ``id``: opaque and random (XEP-0313: a server-assigned UID, unpredictable and unique within the
     archive), unique within ``(store, host, user)`` and stable; usable as an XEP-0059 / XEP-0313 result
     id.  ``when``: UNIX time in seconds.  ``with_``: the other party, a bare or full JID string, or None.
-    ``value``: the serialized payload (e.g. a stanza).
+    ``value``: the serialized payload (e.g. a stanza).  ``text``: what full-text search matches (e.g.
+    the message body); only written (``append_many``), never read back, None when not searchable.
     """
 
     id: str
     when: float
     with_: str | None
     value: str
+    text: str | None = None
 
 
 class ArchiveStore(Protocol):
@@ -147,7 +150,7 @@ class ArchiveStore(Protocol):
     async def query(
         self, store: str, host: str, user: str, *, with_: str | None = None, start: float | None = None,
         end: float | None = None, after: str | None = None, before: str | None = None,
-        limit: int | None = None, reverse: bool = False,
+        limit: int | None = None, reverse: bool = False, text: str | None = None,
     ) -> list[ArchiveItem]:
         """Items in time order (oldest first; with ``reverse=True`` newest first, i.e. the last page).
 
@@ -156,14 +159,25 @@ class ArchiveStore(Protocol):
         ``after``/``before`` are item ids, exclusive (an unknown id raises ``KeyError``; XEP-0059 §2.2,
         §2.3).  At most ``limit`` items, counted from the start of the chosen order: with
         ``reverse=True`` that is the last page (XEP-0059 §2.5), or with ``before=id`` the page just
-        before ``id`` (§2.3), newest first either way.
+        before ``id`` (§2.3), newest first either way.  ``text``: only items whose ``text`` contains
+        every word of it (full-text search: SQLite FTS5, PostgreSQL ``to_tsvector('simple', ..)``).
         """
+
+    async def append_many(self, store: str, items: Sequence[tuple[str, str, ArchiveItem]]) -> None:
+        """Store many ``(host, user, item)`` in one transaction (one multi-row ``INSERT``), in order:
+        items with equal ``when`` keep the order given.  The caller chooses each ``item.id`` (e.g. a
+        XEP-0359 stanza-id already sent out; it must be unique, like ``append``'s); ``item.when`` is
+        taken as given."""
 
     async def get(self, store: str, host: str, user: str, id: str) -> ArchiveItem | None: ...
 
     async def delete(self, store: str, host: str, user: str, *, before: float | None = None) -> int:
         """Delete the user's items in that store (only those with ``when < before`` when given);
         returns how many."""
+
+    async def prune(self, store: str, before: float, *, host: str | None = None) -> int:
+        """Delete every user's items in that store with ``when < before`` (retention), only those of
+        ``host`` when given; returns how many."""
 
     async def count(self, store: str, host: str, user: str) -> int: ...
 

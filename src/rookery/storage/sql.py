@@ -49,7 +49,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -162,6 +162,7 @@ archive = sa.Table(
     sa.Column("peer", sa.Text, nullable=True),  # "with": bare or full JID as given
     sa.Column("peer_bare", sa.Text, nullable=True),  # its bare JID, for bare "with" filters
     sa.Column("value", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=True),  # full-text searchable text (migration 0003)
 )
 
 # Tables holding per-user rows, in the order account deletion visits them (parents last).
@@ -578,9 +579,11 @@ class SQLArchiveStore:
     async def query(
         self, store: str, host: str, user: str, *, with_: str | None = None, start: float | None = None,
         end: float | None = None, after: str | None = None, before: str | None = None,
-        limit: int | None = None, reverse: bool = False,
+        limit: int | None = None, reverse: bool = False, text: str | None = None,
     ) -> list[ArchiveItem]:
         where = [self._where(store, host, user)]
+        if text is not None:
+            where.append(self._text_match(text))
         if with_ is not None:
             # XEP-0313: a bare JID matches itself and all its full JIDs; a full JID only itself.
             where.append(archive.c.peer_bare == _bare(with_))
@@ -621,6 +624,53 @@ class SQLArchiveStore:
 
         return await self._db._read(tx)
 
+    async def append_many(self, store: str, items: Sequence[tuple[str, str, ArchiveItem]]) -> None:
+        rows = [
+            {
+                "store": store,
+                "host": host,
+                "username": user,
+                "id": item.id,
+                "ts": float(item.when),
+                "peer": item.with_,
+                "peer_bare": _bare(item.with_),
+                "value": item.value,
+                "text": item.text,
+            }
+            for host, user, item in items
+        ]
+        if not rows:
+            return
+        stmt = sa.insert(archive)
+
+        async def tx(conn: AsyncConnection) -> None:
+            # executemany: SQLite runs the prepared INSERT per row inside one transaction; asyncpg
+            # batches them ("insertmanyvalues").  Rows get ascending seq in list order.
+            for i in range(0, len(rows), _BATCH_ROWS):
+                await conn.execute(stmt, rows[i : i + _BATCH_ROWS])
+
+        await self._db._write(tx)
+
+    def _text_match(self, text: str) -> sa.ColumnElement[bool]:
+        """Full-text condition (migration 0003): every word of ``text`` must occur."""
+        words = text.split()
+        if not words:
+            return sa.false()
+        if self._db.is_postgresql:
+            return sa.and_(
+                archive.c.text.is_not(None),
+                sa.text("to_tsvector('simple', archive.text) @@ plainto_tsquery('simple', :fts)").bindparams(
+                    fts=" ".join(words)
+                ),
+            )
+        # FTS5 query syntax: each word a quoted string (no operators from user input), implicit AND
+        query = " ".join('"' + w.replace('"', '""') + '"' for w in words)
+        return archive.c.seq.in_(
+            sa.text("SELECT rowid FROM archive_fts WHERE archive_fts MATCH :fts")
+            .bindparams(fts=query)
+            .columns(sa.column("rowid", sa.Integer))
+        )
+
     async def get(self, store: str, host: str, user: str, id: str) -> ArchiveItem | None:
         rows = self._db.point_read(_SQL_ARCHIVE_ITEM, (id, host, user, store))
         if rows is not None:  # SQLite fast path (see SQLStorage.point_read)
@@ -645,6 +695,16 @@ class SQLArchiveStore:
 
         return await self._db._write(tx)
 
+    async def prune(self, store: str, before: float, *, host: str | None = None) -> int:
+        stmt = sa.delete(archive).where(archive.c.store == store, archive.c.ts < before)
+        if host is not None:
+            stmt = stmt.where(archive.c.host == host)
+
+        async def tx(conn: AsyncConnection) -> int:
+            return (await conn.execute(stmt)).rowcount
+
+        return await self._db._write(tx)
+
     async def count(self, store: str, host: str, user: str) -> int:
         stmt = sa.select(sa.func.count()).select_from(archive).where(self._where(store, host, user))
 
@@ -653,6 +713,8 @@ class SQLArchiveStore:
 
         return await self._db._read(tx)
 
+
+_BATCH_ROWS = 10_000  # rows per executemany call in append_many
 
 _SQL_ARCHIVE_ITEM = (
     "SELECT id, ts, peer, value FROM archive WHERE id = ? AND host = ? AND username = ? AND store = ?"

@@ -10,6 +10,7 @@ its owner so modules never see each other's data.  All are SQL-backed through th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .base import ArchiveItem, Storage
@@ -68,11 +69,19 @@ class ArchiveView:
     async def query(self, host: str, user: str, **filters: Any) -> list[ArchiveItem]:
         return await self._a.query(self._store, host, user, **filters)
 
+    async def append_many(self, items: Sequence[tuple[str, str, ArchiveItem]]) -> None:
+        """``(host, user, item)`` triples in one transaction; the caller picks ids (``ArchiveStore``)."""
+        await self._a.append_many(self._store, items)
+
     async def get(self, host: str, user: str, id: str) -> ArchiveItem | None:
         return await self._a.get(self._store, host, user, id)
 
     async def delete(self, host: str, user: str, *, before: float | None = None) -> int:
         return await self._a.delete(self._store, host, user, before=before)
+
+    async def prune(self, before: float, *, host: str | None = None) -> int:
+        """Delete every user's items older than ``before`` (of one domain when ``host`` is given)."""
+        return await self._a.prune(self._store, before, host=host)
 
     async def count(self, host: str, user: str) -> int:
         return await self._a.count(self._store, host, user)
