@@ -6,6 +6,7 @@ Usage: taskset -c 1 .venv/bin/python bench/hotpath.py [N] [ROUNDS]   (docs/perfo
 import asyncio
 import base64
 import gc
+import os
 import sys
 import tempfile
 import time
@@ -54,7 +55,9 @@ HDR = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='
 
 async def main(n, rounds):
     d = tempfile.mkdtemp()
-    cfg = Config.model_validate({"data_dir": d, "c2s": {"listen": [], "direct_tls_listen": [], "require_encryption": False,
+    # the modules of bench/rookery-bench.toml: the core message path (HOTPATH_ALL=1: every default module)
+    mods = {} if os.environ.get("HOTPATH_ALL") else {"modules": ["roster", "presence", "disco", "ping"]}
+    cfg = Config.model_validate({"data_dir": d, **mods, "c2s": {"listen": [], "direct_tls_listen": [], "require_encryption": False,
                                                         "allow_plaintext_auth": True, "max_bytes_per_second": 0,
                                                         "keepalive_interval": 0}})
     srv = Server(cfg)

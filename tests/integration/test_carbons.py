@@ -237,8 +237,19 @@ async def wait_for_state(pred, timeout: float = 3.0) -> bool:
 
 async def test_message_path_hooks_exist_only_while_some_resource_has_carbons(rookery_server_factory):
     server = rookery_server_factory()
-    bus = server.server.events.chains
-    table = server.server.routes.by_domain[server.domain].table.chains
+    carbons = server.server.modules.modules["carbons"]
+    chains = server.server.events.chains
+    tchains = server.server.routes.by_domain[server.domain].table.chains
+
+    class Hooks:
+        """Whether the carbons module's own handlers are in the chains (other modules, e.g. mam,
+        have theirs there for good)."""
+
+        def __contains__(self, event: str) -> bool:
+            lst = chains.get(event, []) + tchains.get(event, [])
+            return any(getattr(fn, "__self__", None) is carbons for fn in lst)
+
+    bus = table = Hooks()
     assert "message-delivered" not in bus and "pre-message" not in table
     alice, apw = server.make_user()
     a1 = await login(server, alice, apw, "one")

@@ -40,10 +40,14 @@ def message(id: str, to: str, payload: str) -> str:
     return f"<message to='{to}' type='chat' id='{id}' xml:lang='en'>{payload}</message>"
 
 
+SID = "{urn:xmpp:sid:0}stanza-id"
+
+
 def canon(el: Element, drop: tuple[str, ...] = ()) -> tuple:
-    """A comparable form: tag, attributes (without ``drop``), text, children in order."""
+    """A comparable form: tag, attributes (without ``drop``), text, children in order; without the
+    XEP-0359 ``<stanza-id/>`` the archive (XEP-0313) stamps on messages it archives for the recipient."""
     attrs = tuple(sorted((k, v) for k, v in el.attrib.items() if k not in drop))
-    return (el.tag, attrs, (el.text or "").strip() or None, tuple(canon(c) for c in el))
+    return (el.tag, attrs, (el.text or "").strip() or None, tuple(canon(c) for c in el if c.tag != SID))
 
 
 def as_received(xml: str) -> Element:

@@ -512,7 +512,9 @@ class SQLOfflineStore:
         async def tx(conn: AsyncConnection) -> list[tuple[int, str]]:
             return [(int(r.id), r.stanza) for r in (await conn.execute(stmt)).all()]
 
-        return await self._db._read(tx)
+        # in line with the writes (not on the read pool): pushes queued before this peek are seen,
+        # as they were by the single DELETE .. RETURNING of pop_all
+        return await self._db._write(tx)
 
     async def remove(self, host: str, user: str, ids: list[int]) -> int:
         if not ids:
