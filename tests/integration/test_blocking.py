@@ -230,7 +230,16 @@ async def test_own_resources_are_never_blocked(rookery_server):
 async def test_message_path_hooks_exist_only_while_an_online_user_blocks_someone(rookery_server_factory):
     server = rookery_server_factory()
     filters = server.server.events.filters
-    table = server.server.routes.by_domain[server.domain].table.chains
+    blocking = server.server.modules.modules["blocking"]
+    chains = server.server.routes.by_domain[server.domain].table.chains
+
+    class Own:
+        """The blocking module's own handlers (other modules, e.g. mam, keep theirs there)."""
+
+        def __contains__(self, event: str) -> bool:
+            return any(getattr(fn, "__self__", None) is blocking for fn in chains.get(event, []))
+
+    table = Own()
     assert filters == [] and "pre-message" not in table
     alice, apw = server.make_user()
     bob, bpw = server.make_user()
