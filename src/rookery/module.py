@@ -41,9 +41,8 @@ from xml.etree.ElementTree import Element
 
 from pydantic import BaseModel, ConfigDict
 
-from .jid import JID
 from .routing.hooks import Handle
-from .routing.registry import SessionRef, SessionRegistry
+from .routing.registry import SessionRegistry
 from .stanza import Stanza
 from .storage.base import Storage
 
@@ -238,10 +237,6 @@ class ModuleContext:
 
     def has_service(self, name: str) -> bool:
         return name in self._services
-
-    # -- sessions ----------------------------------------------------------------------------
-    def session(self, jid: JID) -> SessionRef | None:
-        return self.sessions.get(jid)
 
 
 class Registrar(Protocol):

@@ -43,6 +43,7 @@ from ..config import RegisterConfig
 from ..jid import InvalidJID, nodeprep
 from ..module import Module, ModuleContext, element_handler, fold, iq_handler
 from ..stanza import Stanza, StanzaError
+from ..streams.negotiator import iq_error, iq_reply
 
 NS = "jabber:iq:register"
 FEATURE = "http://jabber.org/features/iq-register"
@@ -81,22 +82,6 @@ def _opaque(password: str) -> bool:
     except UnicodeError:
         return False
     return True
-
-
-def _reply(el: Element, type: str, *children: Element) -> Element:
-    """A reply to a stanza from a stream without a session: no addresses (XEP-0077 §3.1 examples)."""
-    r = Element("iq", type=type)
-    i = el.get("id")
-    if i is not None:
-        r.set("id", i)
-    r.extend(children)
-    return r
-
-
-def _error(el: Element, condition: str, text: str | None = None) -> Element:
-    r = _reply(el, "error")
-    r.append(StanzaError(condition, text).to_element())
-    return r
 
 
 def _text(query: Element, name: str) -> str | None:
@@ -143,47 +128,47 @@ class Register(Module):
         if typ in ("result", "error"):
             return None
         if typ not in ("get", "set"):
-            stream.send(_error(el, "bad-request"))
+            stream.send(iq_error(el, "bad-request"))
             return None
         query = el[0]
         host = stream.local_domain
         if stream.authenticated:
             if typ == "get":
-                stream.send(_reply(el, "result", self._registered(stream.username)))
+                stream.send(iq_reply(el, self._registered(stream.username)))
                 return None
             return self._account_set(host, stream.username, query, stream.plain_allowed(), stream.send, None,
                                      el, stream)
         opts: RegisterConfig = self.ctx.options_for(host)
         if typ == "get":
             if not opts.allow:
-                stream.send(_error(el, "service-unavailable", "in-band registration is not offered here"))
+                stream.send(iq_error(el, "service-unavailable", "in-band registration is not offered here"))
             elif not stream.plain_allowed():
-                stream.send(_error(el, "not-authorized", "use TLS to register"))
+                stream.send(iq_error(el, "not-authorized", "use TLS to register"))
             else:
                 q = Element(_QUERY)
                 SubElement(q, f"{{{NS}}}instructions").text = "Choose a username and password."
                 SubElement(q, f"{{{NS}}}username")
                 SubElement(q, f"{{{NS}}}password")
-                stream.send(_reply(el, "result", q))
+                stream.send(iq_reply(el, q))
             return None
         if query.find(f"{{{NS}}}remove") is not None:
-            stream.send(_error(el, "registration-required", "authenticate to cancel a registration"))
+            stream.send(iq_error(el, "registration-required", "authenticate to cancel a registration"))
             return None
         err = self._precheck(stream, opts)
         if err is not None:
-            stream.send(_error(el, *err))
+            stream.send(iq_error(el, *err))
             return None
         username, password = _text(query, "username"), _text(query, "password")
         if not username or not password:
-            stream.send(_error(el, "not-acceptable", "a username and a password are required"))
+            stream.send(iq_error(el, "not-acceptable", "a username and a password are required"))
             return None
         try:
             user = nodeprep(username)
         except InvalidJID as e:
-            stream.send(_error(el, "not-acceptable", f"invalid username: {e}"))
+            stream.send(iq_error(el, "not-acceptable", f"invalid username: {e}"))
             return None
         if not _opaque(password):
-            stream.send(_error(el, "not-acceptable", "the password is not valid (RFC 8265 OpaqueString)"))
+            stream.send(iq_error(el, "not-acceptable", "the password is not valid (RFC 8265 OpaqueString)"))
             return None
         return self._create(stream, el, opts, host, user, password)
 
@@ -217,17 +202,17 @@ class Register(Module):
         from ..streams.sasl import make_credentials
 
         if await self.storage.accounts.exists(host, user):  # before the costly key derivation
-            stream.send(_error(el, "conflict", "that username is taken"))
+            stream.send(iq_error(el, "conflict", "that username is taken"))
             return
         creds = await asyncio.get_running_loop().run_in_executor(None, make_credentials, password)
         token = stream.ext.get(_TOKEN) if opts.invite_only else None
         async with self._token_lock:  # a token allows one account, however many streams hold it
             if token is not None and not await self._token_valid(host, token):
                 stream.ext.pop(_TOKEN, None)
-                stream.send(_error(el, "forbidden", "the invite token is invalid, expired or used"))
+                stream.send(iq_error(el, "forbidden", "the invite token is invalid, expired or used"))
                 return
             if not await self.storage.accounts.create(host, user, creds):
-                stream.send(_error(el, "conflict", "that username is taken"))
+                stream.send(iq_error(el, "conflict", "that username is taken"))
                 return
             if token is not None:
                 await self.invites.delete(host, "", token)
@@ -236,7 +221,7 @@ class Register(Module):
         if opts.max_per_ip:
             self._recent.setdefault(stream.transport.peer_ip, deque()).append(time.monotonic())
         self.log.info("account %s@%s registered in-band", user, host)
-        stream.send(_reply(el, "result"))
+        stream.send(iq_reply(el))
 
     # -- invite tokens (XEP-0401, XEP-0445) ----------------------------------------------------
     async def _token_valid(self, host: str, token: str) -> bool:
@@ -262,27 +247,27 @@ class Register(Module):
         if typ in ("result", "error"):
             return None
         if typ != "set":
-            stream.send(_error(el, "bad-request"))
+            stream.send(iq_error(el, "bad-request"))
             return None
         opts: RegisterConfig = self.ctx.options_for(stream.local_domain)
         if stream.authenticated:
-            stream.send(_error(el, "unexpected-request", "already authenticated"))
+            stream.send(iq_error(el, "unexpected-request", "already authenticated"))
             return None
         if not opts.allow:
-            stream.send(_error(el, "not-allowed", "in-band registration is disabled"))
+            stream.send(iq_error(el, "not-allowed", "in-band registration is disabled"))
             return None
         token = el[0].get("token")
         if not token:
-            stream.send(_error(el, "bad-request", "a token is required"))
+            stream.send(iq_error(el, "bad-request", "a token is required"))
             return None
         return self._preauth(stream, el, token)
 
     async def _preauth(self, stream: Any, el: Element, token: str) -> None:
         if not await self._token_valid(stream.local_domain, token):
-            stream.send(_error(el, "forbidden", "the invite token is invalid, expired or used"))
+            stream.send(iq_error(el, "forbidden", "the invite token is invalid, expired or used"))
             return
         stream.ext[_TOKEN] = token
-        stream.send(_reply(el, "result"))
+        stream.send(iq_reply(el))
 
     # -- an authenticated account: §3.1 <registered/>, §3.3 password change, §3.2 removal ----
     @staticmethod
@@ -333,14 +318,14 @@ class Register(Module):
 
         def fail(condition: str, text: str | None = None) -> None:
             err = StanzaError(condition, text)
-            send(build(err) if stream is None else _error(el, condition, text))
+            send(build(err) if stream is None else iq_error(el, condition, text))
 
         children = list(query)
         if any(c.tag == f"{{{NS}}}remove" for c in children):
             if len(children) != 1:
                 fail("bad-request", "<remove/> must be the only child of <query/>")
                 return None
-            return self._remove(host, user, lambda: send(build(None) if stream is None else _reply(el, "result")),
+            return self._remove(host, user, lambda: send(build(None) if stream is None else iq_reply(el)),
                                 fail, stream)
         if not safe:
             fail("not-authorized", "use TLS to change your password")
@@ -360,7 +345,7 @@ class Register(Module):
             fail("not-acceptable", "the password is not valid (RFC 8265 OpaqueString)")
             return None
         return self._change(host, user, password,
-                            lambda: send(build(None) if stream is None else _reply(el, "result")), fail)
+                            lambda: send(build(None) if stream is None else iq_reply(el)), fail)
 
     async def _change(self, host: str, user: str, password: str, ok: Any, fail: Any) -> None:
         from ..streams.sasl import make_credentials

@@ -128,10 +128,6 @@ class LocalSessionRegistry:
     def resources(self, bare: str) -> dict[str, SessionRef]:
         return self._by_bare.get(bare) or {}
 
-    def has_resource(self, bare: str, resource: str) -> bool:
-        res = self._by_bare.get(bare)
-        return res is not None and resource in res
-
     def all(self) -> list[SessionRef]:
         return [s for res in self._by_bare.values() for s in res.values()]
 

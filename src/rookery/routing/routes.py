@@ -60,15 +60,9 @@ class RouteTable:
     def get(self, domain: str) -> Route:
         return self._routes.get(domain) or self.remote
 
-    def find(self, domain: str) -> Route | None:
-        return self._routes.get(domain)
-
     def is_local(self, domain: str) -> bool:
         r = self._routes.get(domain)
         return r is not None and r.kind == LOCAL
-
-    def domains(self, kind: str | None = None) -> list[str]:
-        return sorted(d for d, r in self._routes.items() if kind is None or r.kind == kind)
 
     def _add(self, route: Route) -> Handle:
         return register(self._routes, route.domain, route, f"route {route.domain}")
