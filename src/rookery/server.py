@@ -79,7 +79,7 @@ class Server:
         self.events = EventBus()
         self.routes = RouteTable()
         self.sessions = LocalSessionRegistry(self.events.filters)
-        self.sessions.on_detached_close = self._close_detached
+        self.sessions.on_detached_close = self.end_session  # a session no stream carries
         self.tables: dict[str, HandlerTable] = {}
         for domain in config.domains:
             self.tables[domain] = HandlerTable(domain)
@@ -252,8 +252,8 @@ class Server:
         return r if isawaitable(r) else None
 
     def bind(self, stream: C2SStream, username: str, resource: str) -> Session:
-        """RFC 6120 §7: a new session for ``username@domain/resource``, attached to ``stream``;
-        §7.7.2.2: a session that had this full JID is closed with ``<conflict/>``."""
+        """RFC 6120 §7: a new session for ``username@domain/resource`` (the stream attaches it once the
+        bind result is written); §7.7.2.2: a session that had this full JID is closed with ``<conflict/>``."""
         jid = JID(username, stream.local_domain, resource, _norm=False)
         auth = stream.auth_info if stream.auth_info is not None else {}
         auth["ip"] = stream.transport.peer_ip
@@ -318,9 +318,6 @@ class Server:
             r = self.router.send(el)
             if r is not None:
                 self.tasks.spawn(r)
-
-    def _close_detached(self, session: Any) -> None:
-        self.end_session(session)
 
     async def _account_exists(self, host: str, user: str) -> bool:
         return bool(await self.storage.accounts.exists(host, user))

@@ -6,8 +6,9 @@ and for each class of bad input."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
-from xmpp_helpers import RawClient, befriend, disconnect, drain, error_condition, slix_client
+from xmpp_helpers import RawClient, befriend, disconnect, drain, error_condition, slix_client, tls_login
 
 from rookery.jid import JID
 from rookery.modules.blocking import matches
@@ -16,12 +17,7 @@ NS = "urn:xmpp:blocking"
 C = "{jabber:client}"
 
 
-async def login(server, jid: str, pw: str, resource: str, presence: bool = True) -> RawClient:
-    c = await RawClient().login(server.direct_tls_port, jid, pw, resource=resource, tls=True)
-    if presence:
-        c.send("<presence/>")
-        await c.recv_until(lambda e: e.tag == f"{C}presence" and e.get("from") == c.jid)
-    return c
+login = partial(tls_login, presence=True)  # available after login
 
 
 async def block(c: RawClient, *jids: str, what: str = "block", id: str = "b1"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from xmpp_helpers import RawClient, disconnect, error_condition, slix_client
+from xmpp_helpers import RawClient, available, disconnect, error_condition, slix_client, tls_login
 
 NS = "urn:xmpp:carbons:2"
 FWD = "urn:xmpp:forward:0"
@@ -14,13 +14,12 @@ C = "{jabber:client}"
 
 
 async def login(server, jid: str, pw: str, resource: str, carbons: bool = True, presence: bool = True) -> RawClient:
-    c = await RawClient().login(server.direct_tls_port, jid, pw, resource=resource, tls=True)
+    c = await tls_login(server, jid, pw, resource)
     if carbons:
         r = await c.iq(f"<iq type='set' id='cb'><enable xmlns='{NS}'/></iq>")
         assert r.get("type") == "result", r.attrib
     if presence:
-        c.send("<presence/>")
-        await c.recv_until(lambda e: e.tag == f"{C}presence" and e.get("from") == c.jid)
+        await available(c)
     return c
 
 

@@ -5,20 +5,16 @@ flushing in order, the bounded queue, and <inactive/> before binding."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
-from xmpp_helpers import RawClient, befriend, drain
+from xmpp_helpers import RawClient, befriend, drain, tls_login
 
 NS = "urn:xmpp:csi:0"
 C = "{jabber:client}"
 CHATSTATES = "http://jabber.org/protocol/chatstates"
 
 
-async def login(server, jid: str, pw: str, resource: str, presence: bool = True) -> RawClient:
-    c = await RawClient().login(server.direct_tls_port, jid, pw, resource=resource, tls=True)
-    if presence:
-        c.send("<presence/>")
-        await c.recv_until(lambda e: e.tag == f"{C}presence" and e.get("from") == c.jid)
-    return c
+login = partial(tls_login, presence=True)  # available after login
 
 
 async def ping_server(c: RawClient, id: str) -> list:

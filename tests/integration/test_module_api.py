@@ -16,13 +16,13 @@ from xml.etree.ElementTree import Element, SubElement
 
 import pytest
 from xmpp_helpers import HEADER, STREAM_NS, RawClient, error_condition, eventually
+from xmpp_helpers import tls_login as login
 
 from rookery.config import DEFAULT_MODULES
 from rookery.jid import JID
 from rookery.module import Module, element_handler, fold, hook, iq_handler, stream_filter
 from rookery.stanza import Stanza
 from rookery.streams.sasl import make_credentials
-from rookery.testing import RunningServer
 
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
 DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
@@ -170,10 +170,6 @@ class Clash(Module):
 
 
 # -- helpers --------------------------------------------------------------------------------------
-async def login(s: RunningServer, jid: str, password: str, resource: str = "raw") -> RawClient:
-    return await RawClient().login(s.direct_tls_port, jid, password, resource=resource, tls=True)
-
-
 def identities(iq: Element) -> list[tuple[str | None, str | None]]:
     return [(i.get("category"), i.get("type")) for i in iq.iter(f"{{{DISCO_INFO}}}identity")]
 

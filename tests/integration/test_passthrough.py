@@ -7,9 +7,10 @@ delay added).  Chat states without a body are not stored offline (XEP-0160 §3).
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from xml.etree.ElementTree import Element, fromstring
 
-from xmpp_helpers import RawClient, drain
+from xmpp_helpers import RawClient, drain, tls_login
 
 from rookery.jid import JID
 
@@ -36,6 +37,9 @@ PAYLOADS = {
 CHATSTATE_ONLY = "<composing xmlns='http://jabber.org/protocol/chatstates'/>"
 
 
+login = partial(tls_login, presence=True)  # available after login
+
+
 def message(id: str, to: str, payload: str) -> str:
     return f"<message to='{to}' type='chat' id='{id}' xml:lang='en'>{payload}</message>"
 
@@ -53,14 +57,6 @@ def canon(el: Element, drop: tuple[str, ...] = ()) -> tuple:
 def as_received(xml: str) -> Element:
     """The stanza as the test client parses it (content in jabber:client)."""
     return fromstring(f"<stream xmlns='jabber:client'>{xml}</stream>")[0]
-
-
-async def login(server, jid: str, pw: str, resource: str, presence: bool = True) -> RawClient:
-    c = await RawClient().login(server.direct_tls_port, jid, pw, resource=resource, tls=True)
-    if presence:
-        c.send("<presence/>")
-        await c.recv_until(lambda e: e.tag == f"{C}presence" and e.get("from") == c.jid)
-    return c
 
 
 def next_message(c: RawClient, timeout: float = 5.0):

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 from xml.etree.ElementTree import Element
 
-from xmpp_helpers import RawClient, error_condition, eventually
+from xmpp_helpers import error_condition, eventually
+from xmpp_helpers import tls_login as login
 
 from rookery.jid import JID
 from rookery.testing import RunningServer
@@ -22,10 +23,6 @@ T = 3.0
 OPTIONS = ("<x xmlns='jabber:x:data' type='submit'>"
            "<field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>"
            "<field var='secret'><value>s3cr3t</value></field></x>")
-
-
-async def login(s: RunningServer, jid: str, pw: str, resource: str = "raw") -> RawClient:
-    return await RawClient().login(s.direct_tls_port, jid, pw, resource=resource, tls=True)
 
 
 def is_push(el: Element) -> bool:

@@ -12,6 +12,7 @@ from xml.etree.ElementTree import Element
 
 import slixmpp
 from xmpp_helpers import STREAM_NS, RawClient, disconnect, eventually, insecure_context
+from xmpp_helpers import tls_login as login
 
 from rookery.jid import JID
 from rookery.testing import RunningServer
@@ -25,10 +26,6 @@ N = 200  # messages in a burst
 
 
 # -- helpers --------------------------------------------------------------------------------------
-async def login(s: RunningServer, jid: str, pw: str, resource: str = "raw") -> RawClient:
-    return await RawClient().login(s.direct_tls_port, jid, pw, resource=resource, tls=True)
-
-
 async def enable(c: RawClient, resume: bool = True) -> Element:
     c.send(f"<enable xmlns='{SM}'{' resume=' + chr(39) + 'true' + chr(39) if resume else ''}/>")
     r = await c.recv_until(lambda e: e.tag in (f"{{{SM}}}enabled", f"{{{SM}}}failed"), T)

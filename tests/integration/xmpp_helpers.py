@@ -244,3 +244,17 @@ def befriend(server, a: str, b: str) -> None:  # noqa: ANN001
         o = JID.parse(owner)
         server.call(server.server.storage.roster.set_item, o.domain, o.local,
                     RosterItem(jid=contact, subscription="both"))
+
+
+async def tls_login(server, jid: str, pw: str, resource: str = "raw", presence: bool = False) -> RawClient:  # noqa: ANN001
+    """Log in over direct TLS; with ``presence``, send initial presence and wait for its echo."""
+    c = await RawClient().login(server.direct_tls_port, jid, pw, resource=resource, tls=True)
+    if presence:
+        await available(c)
+    return c
+
+
+async def available(c: RawClient) -> None:
+    """Initial presence, and the server's echo of it to the client (RFC 6121 §4.2.2)."""
+    c.send("<presence/>")
+    await c.recv_until(lambda e: e.tag == "{jabber:client}presence" and e.get("from") == c.jid)

@@ -107,10 +107,6 @@ class C2SStream(XMLStream):
     def jid(self) -> JID | None:
         return self.session.jid if self.session is not None else None
 
-    @property
-    def bound(self) -> bool:
-        return self.session is not None
-
     # -- header and features, RFC 6120 §4.7, §4.3.2 ------------------------------------------
     def default_domain(self) -> str:
         return self.host.default_domain
