@@ -193,21 +193,25 @@ class StreamManagement(Module):
         stream.send(reply)
 
     # -- §4 acks -------------------------------------------------------------------------------
-    @element_handler(f"{{{NS}}}r")
-    def on_r(self, stream: Any, el: Element) -> None:
+    @staticmethod
+    def _enabled_on(stream: Any) -> Any:
+        """The stream's session's SM state; without one, the stream error of §4 (and None)."""
         session = stream.session
         st = session.ext.get(KEY) if session is not None else None
         if st is None:
             stream.stream_error("unsupported-stanza-type", "stream management is not enabled")
-            return
-        stream.send(Element(f"{{{NS}}}a", h=str(st.h_in(session))))
+        return st
+
+    @element_handler(f"{{{NS}}}r")
+    def on_r(self, stream: Any, el: Element) -> None:
+        st = self._enabled_on(stream)
+        if st is not None:
+            stream.send(Element(f"{{{NS}}}a", h=str(st.h_in(stream.session))))
 
     @element_handler(f"{{{NS}}}a")
     def on_a(self, stream: Any, el: Element) -> None:
-        session = stream.session
-        st = session.ext.get(KEY) if session is not None else None
+        st = self._enabled_on(stream)
         if st is None:
-            stream.stream_error("unsupported-stanza-type", "stream management is not enabled")
             return
         h = parse_h(el.get("h"))
         if h is None:
