@@ -37,6 +37,7 @@ from .streams.session import Session
 from .streams.starttls import StartTLS
 from .streams.transport import StreamFramer
 from .streams.xmlstream import StreamLimits
+from .transports.http import HTTPService
 from .transports.limits import ConnectionLimiter
 from .transports.tcp import Flusher, RateLimit, SendLimit, StreamProtocol, listen
 
@@ -104,6 +105,10 @@ class Server:
         self._c2s_negotiators: Negotiators | None = None
         self.secret = b""  # server_secret, read at start
         self.admission: ConnectionLimiter | None = None  # made at start
+        h = config.http
+        #: the HTTP side (routes are added by modules and the HTTP carriers; listens at start)
+        self.http = HTTPService(max_request_size=h.max_request_size, cors_origins=h.cors_origins,
+                                public_url=h.public_url)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -122,7 +127,8 @@ class Server:
         cb_data = tls.tls_server_end_point(cert)
         self.modules = ModuleManager(cfg, router=self.router, sessions=self.sessions, routes=self.routes,
                                      events=self.events, tables=self.tables, elements=self.elements,
-                                     storage=self.storage, tasks=self.tasks, started_at=self.started_at)
+                                     storage=self.storage, tasks=self.tasks, started_at=self.started_at,
+                                     http=self.http)
         await self.modules.load_all()
         loop = asyncio.get_running_loop()
         flusher = Flusher(loop)
@@ -149,8 +155,12 @@ class Server:
             await self._listen("c2s", spec, c2s_factory(starttls_ctx, False), None)
         for spec in cfg.c2s.direct_tls_listen:
             await self._listen("c2s_direct_tls", spec, c2s_factory(direct_ctx, True), direct_ctx)
-        if cfg.s2s.listen or cfg.http.listen:
-            log.warning("[s2s] and [http] listeners are not part of this build yet; ignoring them")
+        if cfg.s2s.listen:
+            log.warning("[s2s] listeners are not part of this build yet; ignoring them")
+        https_ctx = tls.server_context(cert, key, cfg.tls.min_version, alpn=["http/1.1"], ciphers=cfg.tls.ciphers)
+        await self.http.start(cfg.http.listen, cfg.http.tls_listen, https_ctx)
+        for scheme, addrs in self.http.addresses.items():
+            self.addresses.setdefault(scheme, []).extend(addrs)
         self._control = ControlServer(self, data_dir / SOCKET_NAME)
         try:
             await self._control.start()
@@ -225,6 +235,7 @@ class Server:
             self.sessions.close(ref)
         await self.tasks.wait(timeout)
         await asyncio.sleep(0.05)  # let the transports flush their closing bytes
+        await self.http.stop()
         if self.modules is not None:
             await self.modules.stop_all()
         if self._control is not None:
