@@ -166,7 +166,8 @@ class ModuleManager:
         ctx = ModuleContext(name, router=self.router, sessions=self.sessions, storage=self.storage,
                             stores=self.stores, options=opts, host_options=host_opts, hosts=list(hosts),
                             catalog=self.catalog, registrar=self, services=self.services,
-                            started_at=self.started_at, admins=frozenset(self.config.admins))
+                            started_at=self.started_at, admins=frozenset(self.config.admins),
+                            limits=self.config.limits)
         mod = cls(ctx)
         for svc in cls.provides:
             if svc in self.services:
