@@ -120,6 +120,7 @@ class Server:
         self.storage = make_storage(cfg.storage, str(data_dir), offline_limit=cfg.offline_limit)
         await self.storage.open()
         self.secret = server_secret.load_or_create(data_dir)
+        tls.limit_tls_read_buffers()
         cert, key = tls.ensure_certificate(cfg.tls.cert, cfg.tls.key, data_dir, cfg.domains)
         self.cert_path = cert
         starttls_ctx = tls.server_context(cert, key, cfg.tls.min_version, ciphers=cfg.tls.ciphers)
