@@ -53,6 +53,8 @@ class RunningServer:
                     "auth_failure_delay": 0.1, "keepalive_interval": 0, "max_auth_failures_per_ip": 10000},
             # every test client comes from 127.0.0.1: per-address connection limits out of reach too
             "limits": {"max_connections_per_ip": 0, "max_unauthenticated_per_ip": 0},
+            # listened on only when a test configures [components] secrets
+            "components": {"listen": ["127.0.0.1:0"]},
         }
         self.config = Config.model_validate(_merge(base, settings))
         self.data_dir = data_dir
@@ -89,6 +91,11 @@ class RunningServer:
     @property
     def direct_tls_port(self) -> int:
         return self.server.addresses["c2s_direct_tls"][0][1]
+
+    @property
+    def component_port(self) -> int:
+        """The XEP-0114 component port (the server must have ``components={"secrets": {...}}``)."""
+        return self.server.addresses["component"][0][1]
 
     @property
     def cert_path(self) -> Path:
