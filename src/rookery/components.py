@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .config import ConfigError
 from .routing.hooks import EventBus, Handle
 from .routing.routes import RouteTable
 from .stanza import Stanza
@@ -60,13 +61,14 @@ class Components:
     # -- lifecycle ---------------------------------------------------------------------------
     def install(self) -> None:
         """Route every configured domain (to the placeholder); list connected ones in disco#items.
-        ``ValueError`` when a domain is already routed (an internal service's subdomain)."""
+        ``ConfigError`` when a domain is already routed (an internal service's subdomain)."""
         for domain in self.secrets:
             try:
                 self._handles[domain] = self.routes.add_component(domain, self._unavailable)
             except ValueError:
-                raise ValueError(f"[components] secrets: {domain} is already served by this server "
-                                 "(a local domain or an internal service)") from None
+                self.uninstall()
+                raise ConfigError(f"components.secrets: {domain} is already served by this server "
+                                  "(a local domain or an internal service)") from None
         if self.secrets:
             self._disco = self.events.on("disco-items", self._disco_items)
 

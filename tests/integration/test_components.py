@@ -370,3 +370,36 @@ async def test_slixmpp_component_exchanges_messages_with_a_slixmpp_client(server
             await asyncio.wait_for(x.disconnect(), 5)
         except Exception:
             pass
+
+
+# -- limits and life cycle ----------------------------------------------------------------------
+async def test_oversized_stanza_from_a_component_is_policy_violation(server):
+    c = await component(server, "c5.localhost")
+    c.send("<message from='c5.localhost' to='a@localhost'><body>" + "x" * 300_000 + "</body></message>")
+    assert await c.stream_error() == "policy-violation"
+    await c.close()
+
+
+async def test_component_that_never_completes_the_handshake_is_timed_out(rookery_server_factory):
+    s = rookery_server_factory(components={"secrets": {"slow.localhost": "x"}}, c2s={"handshake_timeout": 0.5})
+    c = await RawClient().connect(s.component_port)
+    c.send(C_HEADER.format(to="slow.localhost"))
+    assert await c.stream_error(timeout=5) == "connection-timeout"
+    await c.close()
+
+
+async def test_no_component_port_without_configured_components(rookery_server_factory):
+    s = rookery_server_factory()
+    assert "component" not in s.server.addresses
+
+
+async def test_server_shutdown_closes_component_streams_with_system_shutdown():
+    d = tempfile.mkdtemp(prefix="rookery-test-")
+    s = RunningServer({"components": {"secrets": {"bye.localhost": "x"}}}, Path(d)).start()
+    try:
+        c = await component(s, "bye.localhost", "x")
+        await asyncio.to_thread(s.stop)
+        assert await c.stream_error() == "system-shutdown"
+        await c.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
