@@ -155,6 +155,14 @@ class Server:
             await self._listen("c2s", spec, c2s_factory(starttls_ctx, False), None)
         for spec in cfg.c2s.direct_tls_listen:
             await self._listen("c2s_direct_tls", spec, c2s_factory(direct_ctx, True), direct_ctx)
+        if cfg.s2s.listen or cfg.http.listen:
+            log.warning("[s2s] and [http] listeners are not part of this build yet; ignoring them")
+        self._control = ControlServer(self, data_dir / SOCKET_NAME)
+        try:
+            await self._control.start()
+        except OSError as e:
+            log.warning("control socket unavailable (%s): CLI changes reach this server only via storage", e)
+            self._control = None
         if cfg.components.secrets:  # XEP-0114: only when components are configured
             def component_stream(t: StreamProtocol) -> ComponentStream:
                 t.set_send_limit(send_limit)  # no rate limit: a gateway carries many users' traffic
@@ -168,14 +176,6 @@ class Server:
                     log.warning("[components] listen %s: component streams are not encrypted; keep them "
                                 "on loopback or a trusted network", spec)
                 await self._listen("component", spec, component_factory, None)
-        if cfg.s2s.listen or cfg.http.listen:
-            log.warning("[s2s] and [http] listeners are not part of this build yet; ignoring them")
-        self._control = ControlServer(self, data_dir / SOCKET_NAME)
-        try:
-            await self._control.start()
-        except OSError as e:
-            log.warning("control socket unavailable (%s): CLI changes reach this server only via storage", e)
-            self._control = None
         if cfg.c2s.keepalive_interval > 0:
             self._schedule_keepalive()
         log.info("Rookery serving %s", ", ".join(cfg.domains))

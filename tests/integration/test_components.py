@@ -336,6 +336,38 @@ async def test_user_subscribes_to_the_transport_and_to_a_gateway_contact(server)
     await comp.close()
 
 
+async def test_gateway_registration_and_jabber_iq_gateway_pass_through_unchanged(server):
+    """XEP-0100 §4.1.1 registration (XEP-0077 to the gateway) and §6 jabber:iq:gateway: iqs the
+    server routes to the component and whose answers it routes back."""
+    gw = await component(server, "gw.localhost")
+    jid, pw = server.make_user()
+    u = await tls_login(server, jid, pw)
+    u.send("<iq to='gw.localhost' type='get' id='reg1'><query xmlns='jabber:iq:register'/></iq>")
+    q = await _stanza(gw, lambda e: e.get("id") == "reg1")
+    assert q.get("from") == u.jid and q.find("{jabber:iq:register}query") is not None
+    gw.send(f"<iq from='gw.localhost' to='{u.jid}' type='result' id='reg1'><query xmlns='jabber:iq:register'>"
+            "<instructions>Your legacy name and password</instructions><username/><password/></query></iq>")
+    r = await u.recv_until(lambda e: e.get("id") == "reg1")
+    assert r.get("type") == "result" and r.find("{jabber:iq:register}query/{jabber:iq:register}username") is not None
+    u.send("<iq to='gw.localhost' type='set' id='reg2'><query xmlns='jabber:iq:register'>"
+           "<username>romeo</username><password>legacy</password></query></iq>")
+    q = await _stanza(gw, lambda e: e.get("id") == "reg2")
+    assert q.find("{jabber:iq:register}query/{jabber:iq:register}username").text == "romeo"
+    gw.send(f"<iq from='gw.localhost' to='{u.jid}' type='result' id='reg2'/>")
+    assert (await u.recv_until(lambda e: e.get("id") == "reg2")).get("type") == "result"
+    # §6: jabber:iq:gateway turns a legacy address into a JID at the gateway
+    u.send("<iq to='gw.localhost' type='set' id='g1'><query xmlns='jabber:iq:gateway'>"
+           "<prompt>juliet@legacy.example</prompt></query></iq>")
+    q = await _stanza(gw, lambda e: e.get("id") == "g1")
+    assert q.find("{jabber:iq:gateway}query/{jabber:iq:gateway}prompt").text == "juliet@legacy.example"
+    gw.send(f"<iq from='gw.localhost' to='{u.jid}' type='result' id='g1'><query xmlns='jabber:iq:gateway'>"
+            "<jid>juliet%legacy.example@gw.localhost</jid></query></iq>")
+    r = await u.recv_until(lambda e: e.get("id") == "g1")
+    assert r.find("{jabber:iq:gateway}query/{jabber:iq:gateway}jid").text == "juliet%legacy.example@gw.localhost"
+    await gw.close()
+    await u.close()
+
+
 # -- slixmpp's ComponentXMPP --------------------------------------------------------------------
 async def test_slixmpp_component_exchanges_messages_with_a_slixmpp_client(server):
     comp = slixmpp.ComponentXMPP("slix.localhost", "slix", "127.0.0.1", server.component_port)
