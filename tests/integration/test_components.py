@@ -324,7 +324,12 @@ async def test_user_subscribes_to_the_transport_and_to_a_gateway_contact(server)
     r = await u.iq(f"<iq type='get' id='r1'><query xmlns='{ROSTER}'/></iq>")
     subs = {i.get("jid"): i.get("subscription") for i in r.iter(f"{{{ROSTER}}}item")}
     assert subs == {"irc.localhost": "both", legacy: "both"}
+    full = u.jid
     await u.close()
+    # the session ends: unavailable presence to the transport and the contact (RFC 6121 §4.5.3)
+    gone = await comp.collect_until(lambda got: {"irc.localhost", legacy} <= {
+        e.get("to") for e in got if e.get("type") == "unavailable" and e.get("from") == full})
+    assert gone
 
     # at the next login the server probes the transport and its contacts (RFC 6121 §4.3.1)
     u = await tls_login(server, jid, pw, presence=True)

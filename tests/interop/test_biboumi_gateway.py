@@ -301,6 +301,15 @@ async def disconnect(*clients: slixmpp.ClientXMPP) -> None:
 async def test_user_subscribes_to_the_transport(gateway):
     """XEP-0100 §4.1 / biboumi's roster support: the transport JID in the roster, approved, online."""
     c = await xmpp_user(gateway.server)
+    try:
+        await _subscribe_to_transport(c, gateway)
+    except (TimeoutError, AssertionError) as e:
+        raise AssertionError(f"{e!r}\n{gateway.logs()}") from e
+    finally:
+        await disconnect(c)
+
+
+async def _subscribe_to_transport(c: slixmpp.ClientXMPP, gateway: Gateway) -> None:
     online: asyncio.Future = asyncio.get_running_loop().create_future()
     c.add_event_handler("presence_available",
                         lambda p: str(p["from"]) == GATEWAY and not online.done() and online.set_result(p))
@@ -316,15 +325,23 @@ async def test_user_subscribes_to_the_transport(gateway):
     # disco#items of the server lists the gateway
     items_iq = await c.plugin["xep_0030"].get_items(jid=gateway.server.domain)
     assert GATEWAY in {i[0] for i in items_iq["disco_items"]["items"]}
-    await disconnect(c)
 
 
 async def test_xmpp_user_and_irc_user_talk_in_a_channel_and_in_private(gateway):
     irc = await IRCClient("ircfriend").connect("127.0.0.1", gateway.irc_port)
+    c = await xmpp_user(gateway.server)
+    try:
+        await _talk(c, irc, gateway)
+    except (TimeoutError, AssertionError) as e:
+        raise AssertionError(f"{e!r}\n{gateway.logs()}") from e
+    finally:
+        await disconnect(c)
+        await irc.quit()
+
+
+async def _talk(c: slixmpp.ClientXMPP, irc: IRCClient, gateway: Gateway) -> None:
     irc.send("JOIN #rookery")
     await irc.expect(lambda p: p[1] == "366")  # RPL_ENDOFNAMES: joined
-
-    c = await xmpp_user(gateway.server)
     server_jid = f"{gateway.irc_host}@{GATEWAY}"
     await configure_irc_port(c, server_jid, gateway.irc_port)
 
@@ -371,5 +388,3 @@ async def test_xmpp_user_and_irc_user_talk_in_a_channel_and_in_private(gateway):
     # leaving the room: the IRC side sees the PART
     c.plugin["xep_0045"].leave_muc(room, "julnick")
     await irc.expect(lambda p: p[1] in ("PART", "QUIT") and p[0].startswith("julnick!"))
-    await disconnect(c)
-    await irc.quit()
