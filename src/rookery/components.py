@@ -31,6 +31,7 @@ from .config import ConfigError
 from .routing.hooks import EventBus, Handle
 from .routing.routes import RouteTable
 from .stanza import Stanza
+from .streams.auth_limits import AuthFailureLimiter
 from .streams.component import ComponentStream
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ class Components:
     """The ``ComponentHost`` (``streams.component``): secrets, routes and streams of components."""
 
     def __init__(self, secrets: dict[str, str], local_domains: list[str], routes: RouteTable, events: EventBus,
-                 route: Route, reply: Reply, spawn: Callable[[Awaitable[Any]], Any]) -> None:
+                 route: Route, reply: Reply, spawn: Callable[[Awaitable[Any]], Any],
+                 limiter: AuthFailureLimiter | None = None) -> None:
         self.secrets = dict(secrets)
         self.local_domains = list(local_domains)
         self.routes = routes
@@ -51,6 +53,7 @@ class Components:
         self._route = route
         self._reply = reply
         self._spawn = spawn
+        self._limiter = limiter  # failed handshakes count with failed logins ([c2s] max_auth_failures_per_ip)
         #: every component stream, authenticated or not (closed at shutdown)
         self.streams: set[ComponentStream] = set()
         #: domain -> the authenticated stream serving it
@@ -100,6 +103,13 @@ class Components:
 
     def secret_of(self, domain: str) -> str | None:
         return self.secrets.get(domain)
+
+    def handshake_blocked(self, ip: str) -> bool:
+        return self._limiter is not None and self._limiter.blocked(ip)
+
+    def handshake_failed(self, ip: str) -> None:
+        if self._limiter is not None:
+            self._limiter.failed(ip)
 
     def authenticated(self, stream: ComponentStream) -> tuple[str, str | None] | None:
         domain = stream.domain

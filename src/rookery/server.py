@@ -108,7 +108,7 @@ class Server:
         self.admission: ConnectionLimiter | None = None  # made at start
         #: external components (XEP-0114): their routes and streams (components.py)
         self.components = Components(config.components.secrets, config.domains, self.routes, self.events,
-                                     self.router.route, self.router.reply, self.tasks.spawn)
+                                     self.router.route, self.router.reply, self.tasks.spawn, self.auth_limiter)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:

@@ -425,6 +425,24 @@ async def test_component_that_never_completes_the_handshake_is_timed_out(rookery
     await c.close()
 
 
+async def test_repeated_failed_handshakes_from_one_address_are_refused_for_a_while(rookery_server_factory):
+    s = rookery_server_factory(components={"secrets": {"guess.localhost": "right"}},
+                               c2s={"max_auth_failures_per_ip": 2})
+    for _ in range(2):
+        c = await RawClient().connect(s.component_port)
+        c.send(C_HEADER.format(to="guess.localhost"))
+        await _header(c)
+        c.send(f"<handshake>{handshake_digest(c.header.get('id'), 'wrong')}</handshake>")
+        assert await c.stream_error() == "not-authorized"
+        await c.close()
+    c = await RawClient().connect(s.component_port)  # even the right secret, for now
+    c.send(C_HEADER.format(to="guess.localhost"))
+    await _header(c)
+    c.send(f"<handshake>{handshake_digest(c.header.get('id'), 'right')}</handshake>")
+    assert await c.stream_error() == "policy-violation"
+    await c.close()
+
+
 async def test_no_component_port_without_configured_components(rookery_server_factory):
     s = rookery_server_factory()
     assert "component" not in s.server.addresses

@@ -3,7 +3,8 @@
 An external component (a gateway such as biboumi, a bot framework …) connects, names the domain it
 wants to serve in the header's ``to`` (§3: not a domain of ours → ``<host-unknown/>``), and proves
 it knows the shared secret with ``<handshake/>``: the lowercase hex SHA-1 of the stream id followed
-by the secret (§3, compared in constant time; a wrong one → ``<not-authorized/>``).  The server
+by the secret (§3, compared in constant time; a wrong one → ``<not-authorized/>``; failures count
+toward the per-address limit of failed logins, and an address over it gets ``<policy-violation/>``).  The server
 answers an empty ``<handshake/>`` and the ``ComponentHost`` routes the domain to this stream (a
 domain already connected → ``<conflict/>``).  No stream features: the protocol predates them.
 
@@ -49,6 +50,12 @@ class ComponentHost(Protocol):
     def secret_of(self, domain: str) -> str | None:
         """The shared secret of a configured component domain (None: not one)."""
         ...
+
+    def handshake_blocked(self, ip: str) -> bool:
+        """Too many failed handshakes (or logins) from ``ip`` lately."""
+        ...
+
+    def handshake_failed(self, ip: str) -> None: ...
 
     def authenticated(self, stream: ComponentStream) -> tuple[str, str | None] | None:
         """The handshake succeeded: route the domain to ``stream``.  A stream error (``<conflict/>``)
@@ -140,14 +147,20 @@ class ComponentStream(XMLStream):
 
     def _handshake(self, el: Element) -> None:
         """XEP-0114 §3: check the digest; answer an empty ``<handshake/>``."""
-        secret = self.host.secret_of(self.domain) if self.domain else None
+        host = self.host
+        if host.handshake_blocked(self.peer_ip):
+            log.info("component %s from %s: refused, too many failed handshakes", self.domain, self.peer_ip)
+            self.stream_error("policy-violation", "too many failed attempts from this address; try later")
+            return
+        secret = host.secret_of(self.domain) if self.domain else None
         given = (el.text or "").strip().lower()
         if secret is None or len(el) or not hmac.compare_digest(given.encode(),
                                                                handshake_digest(self.stream_id, secret).encode()):
+            host.handshake_failed(self.peer_ip)
             log.info("component %s from %s: handshake failed", self.domain or "?", self.peer_ip)
             self.stream_error("not-authorized", "the handshake does not match the shared secret")
             return
-        err = self.host.authenticated(self)
+        err = host.authenticated(self)
         if err is not None:
             self.stream_error(*err)
             return
