@@ -324,6 +324,13 @@ async def test_user_subscribes_to_the_transport_and_to_a_gateway_contact(server)
     r = await u.iq(f"<iq type='get' id='r1'><query xmlns='{ROSTER}'/></iq>")
     subs = {i.get("jid"): i.get("subscription") for i in r.iter(f"{{{ROSTER}}}item")}
     assert subs == {"irc.localhost": "both", legacy: "both"}
+    # the transport probes the user (RFC 6121 §4.3.2): it has a "from" subscription, so it gets presence
+    comp.send(f"<presence from='irc.localhost' to='{jid}' type='probe' id='pr1'/>")
+    await _stanza(comp, lambda e: e.tag == "{%s}presence" % ACCEPT and e.get("from") == u.jid
+                  and e.get("to") == "irc.localhost" and e.get("type") is None)
+    # a JID at the gateway without a subscription learns nothing
+    comp.send(f"<presence from='stranger@irc.localhost' to='{jid}' type='probe'/>")
+    await _stanza(comp, lambda e: e.get("to") == "stranger@irc.localhost" and e.get("type") == "unsubscribed")
     full = u.jid
     await u.close()
     # the session ends: unavailable presence to the transport and the contact (RFC 6121 §4.5.3)
