@@ -41,7 +41,7 @@ def _tag(el, name: str, ns: str = ACCEPT) -> bool:
 
 async def component(server, domain: str, secret: str | None = None) -> RawClient:
     """A raw component connection past the handshake (once an earlier one for the domain is gone)."""
-    await eventually(lambda: domain not in server.server.components.connected)
+    await gone(server, domain)
     c = await RawClient().connect(server.component_port)
     c.send(C_HEADER.format(to=domain))
     await _header(c)
@@ -49,6 +49,11 @@ async def component(server, domain: str, secret: str | None = None) -> RawClient
     el = await c.recv()
     assert _tag(el, "handshake") and len(el) == 0 and not (el.text or "").strip(), el.tag
     return c
+
+
+async def gone(server, domain: str) -> None:  # noqa: ANN001
+    """Until the server has seen the component of ``domain`` go."""
+    await eventually(lambda: domain not in server.server.components.connected, timeout=10)
 
 
 async def _header(c: RawClient) -> None:
@@ -247,7 +252,7 @@ async def test_disco_items_lists_connected_components(server):
     assert {"sub.localhost", "bots.example.net"} <= got
     await comp.close()
     await bots.close()
-    await asyncio.sleep(0.2)
+    await gone(server, "sub.localhost")
     assert "sub.localhost" not in await items()
     await u.close()
 
@@ -255,7 +260,7 @@ async def test_disco_items_lists_connected_components(server):
 async def test_stanzas_to_a_disconnected_component_bounce_with_service_unavailable(server):
     comp = await component(server, "gw.localhost")
     await comp.close()
-    await asyncio.sleep(0.2)
+    await gone(server, "gw.localhost")
     jid, pw = server.make_user()
     u = await tls_login(server, jid, pw)
     u.send("<message to='alice@gw.localhost' type='chat' id='b1'><body>anyone?</body></message>")
@@ -274,8 +279,7 @@ async def test_stanzas_to_a_disconnected_component_bounce_with_service_unavailab
 async def test_component_reconnects_after_disconnect_and_gets_stanzas_again(server):
     comp = await component(server, "gw.localhost")
     await comp.close()
-    await asyncio.sleep(0.1)
-    comp = await component(server, "gw.localhost")
+    comp = await component(server, "gw.localhost")  # (it waits for the first one to be gone)
     jid, pw = server.make_user()
     u = await tls_login(server, jid, pw)
     u.send("<message to='gw.localhost' id='r1'><body>back?</body></message>")
