@@ -29,7 +29,7 @@ from .routing.routes import RouteTable
 from .routing.tasks import Tasks
 from .stanza import Stanza
 from .streams.auth_limits import AuthFailureLimiter
-from .streams.bind import Bind
+from .streams.bind import Bind, BindRefused
 from .streams.c2s import C2SStream, ElementHandler
 from .streams.component import ComponentStream
 from .streams.legacy_auth import LegacyAuth
@@ -39,6 +39,7 @@ from .streams.session import Session
 from .streams.starttls import StartTLS
 from .streams.transport import StreamFramer
 from .streams.xmlstream import StreamLimits
+from .transports.http import HTTPService
 from .transports.limits import ConnectionLimiter
 from .transports.tcp import Flusher, RateLimit, SendLimit, StreamProtocol, listen
 
@@ -106,6 +107,10 @@ class Server:
         self._c2s_negotiators: Negotiators | None = None
         self.secret = b""  # server_secret, read at start
         self.admission: ConnectionLimiter | None = None  # made at start
+        h = config.http
+        #: the HTTP side (routes are added by modules and the HTTP carriers; listens at start)
+        self.http = HTTPService(max_request_size=h.max_request_size, cors_origins=h.cors_origins,
+                                public_url=h.public_url)
         #: external components (XEP-0114): their routes and streams (components.py)
         self.components = Components(config.components.secrets, config.domains, self.routes, self.events,
                                      self.router.route, self.router.reply, self.tasks.spawn, self.auth_limiter)
@@ -127,7 +132,8 @@ class Server:
         cb_data = tls.tls_server_end_point(cert)
         self.modules = ModuleManager(cfg, router=self.router, sessions=self.sessions, routes=self.routes,
                                      events=self.events, tables=self.tables, elements=self.elements,
-                                     storage=self.storage, tasks=self.tasks, started_at=self.started_at)
+                                     storage=self.storage, tasks=self.tasks, started_at=self.started_at,
+                                     http=self.http)
         await self.modules.load_all()
         self.components.install()  # after the modules: a clash with a service's subdomain is an error
         loop = asyncio.get_running_loop()
@@ -155,8 +161,12 @@ class Server:
             await self._listen("c2s", spec, c2s_factory(starttls_ctx, False), None)
         for spec in cfg.c2s.direct_tls_listen:
             await self._listen("c2s_direct_tls", spec, c2s_factory(direct_ctx, True), direct_ctx)
-        if cfg.s2s.listen or cfg.http.listen:
-            log.warning("[s2s] and [http] listeners are not part of this build yet; ignoring them")
+        if cfg.s2s.listen:
+            log.warning("[s2s] listeners are not part of this build yet; ignoring them")
+        https_ctx = tls.server_context(cert, key, cfg.tls.min_version, alpn=["http/1.1"], ciphers=cfg.tls.ciphers)
+        await self.http.start(cfg.http.listen, cfg.http.tls_listen, https_ctx)
+        for scheme, addrs in self.http.addresses.items():
+            self.addresses.setdefault(scheme, []).extend(addrs)
         self._control = ControlServer(self, data_dir / SOCKET_NAME)
         try:
             await self._control.start()
@@ -246,6 +256,7 @@ class Server:
             self.sessions.close(ref)
         await self.tasks.wait(timeout)
         await asyncio.sleep(0.05)  # let the transports flush their closing bytes
+        await self.http.stop()
         if self.modules is not None:
             await self.modules.stop_all()
         if self._control is not None:
@@ -280,6 +291,13 @@ class Server:
         """RFC 6120 §7: a new session for ``username@domain/resource`` (the stream attaches it once the
         bind result is written); §7.7.2.2: a session that had this full JID is closed with ``<conflict/>``."""
         jid = JID(username, stream.local_domain, resource, _norm=False)
+        limit = self.config.limits.max_resources_per_account
+        if limit:
+            bound = self.sessions.resources(jid.bare)
+            if resource not in bound and len(bound) >= limit:
+                # [limits] max_resources_per_account: the new resource is refused, the bound ones
+                # keep working (a replaced full JID is not a new resource)
+                raise BindRefused("resource-constraint", f"this account has {limit} resources bound already")
         auth = stream.auth_info if stream.auth_info is not None else {}
         auth["ip"] = stream.transport.peer_ip
         auth["secure"] = stream.transport.is_secure
