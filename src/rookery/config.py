@@ -63,6 +63,35 @@ class S2SConfig(_Section):
     _v_listen = field_validator("listen")(_check_listen)
 
 
+class ComponentsConfig(_Section):
+    """``[components]``: external components (XEP-0114), e.g. gateways such as biboumi."""
+
+    #: where components connect; only listened on when ``secrets`` names at least one component
+    listen: list[str] = ["127.0.0.1:5347"]
+    #: component domain -> its shared secret (the ``<handshake/>`` password)
+    secrets: dict[str, str] = {}
+
+    _v_listen = field_validator("listen")(_check_listen)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for domain, secret in v.items():
+            try:
+                d = nameprep(domain)
+            except InvalidJID as e:
+                raise ValueError(f"{domain!r} is not a valid domain ({e})") from None
+            if "@" in d or "/" in d:
+                raise ValueError(f"{domain!r} is not a domain (a component serves a whole domain)")
+            if d in out:
+                raise ValueError(f"{domain!r} is given twice")
+            if not secret:
+                raise ValueError(f"{domain!r}: the secret must not be empty")
+            out[d] = secret
+        return out
+
+
 class HTTPConfig(_Section):
     """``[http]``: the HTTP listeners (BOSH, WebSocket, discovery, upload, web client)."""
 
@@ -227,6 +256,7 @@ class Config(_Section):
     c2s: C2SConfig = C2SConfig()
     s2s: S2SConfig = S2SConfig()
     http: HTTPConfig = HTTPConfig()
+    components: ComponentsConfig = ComponentsConfig()
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()
     offline: OfflineConfig = OfflineConfig()
@@ -281,6 +311,14 @@ class Config(_Section):
                 raise ValueError(f"{a!r}: admins are bare JIDs (no /resource)")
             out.append(str(j))
         return out
+
+    @model_validator(mode="after")
+    def _components_apart(self) -> Config:
+        """A component domain is not one of the served domains (those are routed to local accounts)."""
+        for d in self.components.secrets:
+            if d in self.domains:
+                raise ValueError(f"components.secrets: {d} is one of the served domains")
+        return self
 
     @field_validator("storage")
     @classmethod

@@ -17,6 +17,7 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from . import server_secret, tls
+from .components import Components
 from .config import Config
 from .control import SOCKET_NAME, ControlServer
 from .jid import JID
@@ -30,6 +31,7 @@ from .stanza import Stanza
 from .streams.auth_limits import AuthFailureLimiter
 from .streams.bind import Bind, BindRefused
 from .streams.c2s import C2SStream, ElementHandler
+from .streams.component import ComponentStream
 from .streams.legacy_auth import LegacyAuth
 from .streams.negotiator import Negotiator, Negotiators
 from .streams.sasl_auth import SASLAuth
@@ -109,6 +111,9 @@ class Server:
         #: the HTTP side (routes are added by modules and the HTTP carriers; listens at start)
         self.http = HTTPService(max_request_size=h.max_request_size, cors_origins=h.cors_origins,
                                 public_url=h.public_url)
+        #: external components (XEP-0114): their routes and streams (components.py)
+        self.components = Components(config.components.secrets, config.domains, self.routes, self.events,
+                                     self.router.route, self.router.reply, self.tasks.spawn, self.auth_limiter)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -131,6 +136,7 @@ class Server:
                                      storage=self.storage, tasks=self.tasks, started_at=self.started_at,
                                      http=self.http)
         await self.modules.load_all()
+        self.components.install()  # after the modules: a clash with a service's subdomain is an error
         loop = asyncio.get_running_loop()
         flusher = Flusher(loop)
         self.admission = ConnectionLimiter(self._max_connections(), cfg.limits.max_connections_per_ip,
@@ -168,6 +174,19 @@ class Server:
         except OSError as e:
             log.warning("control socket unavailable (%s): CLI changes reach this server only via storage", e)
             self._control = None
+        if cfg.components.secrets:  # XEP-0114: only when components are configured
+            def component_stream(t: StreamProtocol) -> ComponentStream:
+                t.set_send_limit(send_limit)  # no rate limit: a gateway carries many users' traffic
+                return ComponentStream(self.components, t, self._framer, self._limits)
+
+            def component_factory() -> StreamProtocol:
+                return StreamProtocol(component_stream, None, False, None, flusher, self.admission)
+
+            for spec in cfg.components.listen:
+                if not spec.startswith(("127.", "[::1]:", "localhost:")):
+                    log.warning("[components] listen %s: component streams are not encrypted; keep them "
+                                "on loopback or a trusted network", spec)
+                await self._listen("component", spec, component_factory, None)
         if cfg.c2s.keepalive_interval > 0:
             self._schedule_keepalive()
         log.info("Rookery serving %s", ", ".join(cfg.domains))
@@ -222,6 +241,7 @@ class Server:
     def _send_keepalives(self) -> None:
         for s in list(self.streams):
             s.keepalive()
+        self.components.keepalive()
         self._schedule_keepalive()
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -232,6 +252,7 @@ class Server:
             srv.close()
         for s in list(self.streams):
             s.close("system-shutdown", "the server is shutting down")
+        self.components.close_all("system-shutdown", "the server is shutting down")
         for ref in self.sessions.all():  # detached sessions have no stream to close
             self.sessions.close(ref)
         await self.tasks.wait(timeout)
@@ -244,6 +265,10 @@ class Server:
         if self.storage is not None:
             await self.storage.close()
         self.stopped.set()
+
+    def connected_components(self) -> list[dict[str, Any]]:
+        """The connected external components (XEP-0114): domain, peer address, since, stanza counts."""
+        return self.components.status()
 
     # -- C2SHost: what client streams need -------------------------------------------------
     def serves(self, domain: str) -> bool:
