@@ -54,6 +54,8 @@ class RunningServer:
             # every test client comes from 127.0.0.1: per-address connection limits out of reach too
             "limits": {"max_connections_per_ip": 0, "max_unauthenticated_per_ip": 0},
             "http": {"listen": ["127.0.0.1:0"], "tls_listen": ["127.0.0.1:0"]},
+            # the SOCKS5 bytestreams proxy (XEP-0065) on a free port too
+            "proxy65": {"listen": ["127.0.0.1:0"]},
         }
         self.config = Config.model_validate(_merge(base, settings))
         self.data_dir = data_dir
