@@ -253,3 +253,24 @@ def test_non_local_entities_are_forbidden(server) -> None:
         return "answered"
 
     assert server.call(ask) == "forbidden"
+
+
+def test_stopping_the_module_closes_its_listener_and_connections(rookery_server_factory) -> None:
+    server = rookery_server_factory()
+    port = _port(server)
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        r, w, code = await socks_connect(port, b"b" * 40)
+        assert code == 0
+        return r, w
+
+    async def go() -> None:
+        r, w = await connect()
+        await asyncio.get_running_loop().run_in_executor(
+            None, server.call, server.server.modules.stop_module, "proxy65")
+        assert await asyncio.wait_for(r.read(), 3) == b""
+        w.close()
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+
+    asyncio.run(go())

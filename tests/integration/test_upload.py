@@ -211,6 +211,25 @@ async def test_quota_exceeded_is_resource_constraint(server) -> None:
     await other.close()
 
 
+def test_quota_survives_a_restart_of_the_module(server) -> None:
+    import asyncio
+
+    jid, pw = server.make_user()
+
+    async def ask(size: int) -> Element:
+        c = await tls_login(server, jid, pw)
+        try:
+            return await _slot(c, "f.bin", size)
+        finally:
+            await c.close()
+
+    _urls(asyncio.run(ask(MAX)))
+    _urls(asyncio.run(ask(QUOTA - MAX)))
+    server.call(server.server.modules.stop_module, "upload")
+    server.call(server.server.modules.start_module, "upload")
+    assert error_condition(asyncio.run(ask(1))) == "resource-constraint"
+
+
 async def test_path_traversal_in_file_names_is_impossible(server) -> None:
     c = await _user(server)
     data = b"not a passwd"

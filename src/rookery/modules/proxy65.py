@@ -89,6 +89,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.proxy.connections.add(self)
         transport.set_write_buffer_limits(HIGH_WATER, HIGH_WATER // 4)
         self.timer = asyncio.get_running_loop().call_later(self.proxy.options.activation_timeout, self._timeout)
 
@@ -118,6 +119,7 @@ class Connection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.proxy.forget(self)
+        self.proxy.connections.discard(self)
         peer, self.peer = self.peer, None
         if peer is not None:
             peer.peer = None
@@ -233,6 +235,7 @@ class Proxy65(Module):
         #: bare JID -> its active transfers
         self.active: dict[str, int] = {}
         self.servers: list[asyncio.Server] = []
+        self.connections: set[Connection] = set()  # every open SOCKS5 connection
         self.addresses: list[tuple[str, int]] = []
 
     async def start(self) -> None:
@@ -254,9 +257,8 @@ class Proxy65(Module):
         servers, self.servers = self.servers, []
         for s in servers:
             s.close()
-        for conns in list(self.pending.values()):
-            for c in conns:
-                c.close()
+        for c in list(self.connections):  # waiting or relaying: all end with the module
+            c.close()
         for s in servers:
             try:
                 await asyncio.wait_for(s.wait_closed(), 2)
