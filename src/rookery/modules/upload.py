@@ -8,14 +8,16 @@
   expire.  The slot's PUT and GET URLs are the same, ``<http>/upload/<slot id>/<file name>``; the PUT
   carries ``Authorization: Bearer <expiry>.<mac>``, an HMAC-SHA256 (key derived from the server
   secret) over the slot id, size, content type and expiry.
-* PUT (§6): the token must be valid and unexpired, ``Content-Length`` equal to the slot's size (413
-  when larger, 400 when smaller or wrong, 411 when missing) and the content type the slot's (400).
+* PUT (§6): the token must be present (401), valid and unexpired (403), ``Content-Length`` equal
+  to the slot's size (413 when larger, 400 when smaller, 411 when missing) and the content type the
+  slot's (400).
   The body is streamed to a temporary file in ``data_dir/upload/`` chunk by chunk, never held whole
   in memory, and linked to its final name only when complete: a second PUT to the same slot (a
   replay) gets 409, as does one while the first is still running.  201 when stored.
 * GET/HEAD: the file, with a safe ``Content-Type`` (images, audio, video and plain text inline;
   everything else ``application/octet-stream`` and ``Content-Disposition: attachment``), a sanitised
-  file name, ``X-Content-Type-Options: nosniff`` and ``Content-Security-Policy: default-src 'none'``;
+  file name, ``X-Content-Type-Options: nosniff`` and ``Content-Security-Policy: default-src 'none'``
+  (``media-src 'self'`` so that audio and video opened directly still play);
   ranges and conditional requests by aiohttp's ``FileResponse``.
 
 The name of a file on disk is its slot id (random, checked against ``[A-Za-z0-9_-]`` on every
@@ -58,6 +60,7 @@ DISCO_ITEMS = ns.DISCO_ITEMS
 #: slot ids: 24 url-safe characters (144 random bits)
 _SLOT_ID = re.compile(r"^[A-Za-z0-9_-]{24}$")
 _MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
+_EXPIRY = re.compile(r"^[0-9]{1,12}$")
 CHUNK = 256 * 1024
 
 #: content types served inline (media that browsers render without running code); anything else is
@@ -263,8 +266,13 @@ class Upload(Module):
             raise self._refuse(web.HTTPNotFound, slot_id, "no such slot")
         auth = request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not token:
+            self.log.info("upload PUT %s refused (401): no bearer token", slot_id)
+            raise web.HTTPUnauthorized(text="Authorization: Bearer <token> required\n",
+                                       headers={"WWW-Authenticate": "Bearer"})
         exp_s = token.partition(".")[0]
-        if not exp_s.isdigit() or not hmac.compare_digest(token, self.token(slot_id, rec["s"], rec["t"], int(exp_s))):
+        if not _EXPIRY.match(exp_s) or not hmac.compare_digest(
+                token.encode("utf-8", "surrogateescape"), self.token(slot_id, rec["s"], rec["t"], int(exp_s)).encode()):
             raise self._refuse(web.HTTPForbidden, slot_id, "bad upload token")
         if int(exp_s) < time.time():
             raise self._refuse(web.HTTPForbidden, slot_id, "upload token expired")
@@ -332,7 +340,7 @@ class Upload(Module):
             "Content-Type": ctype,
             "Content-Disposition": content_disposition(rec["n"], inline),
             "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Content-Security-Policy": "default-src 'none'; media-src 'self'; frame-ancestors 'none'",
             "Cache-Control": "public, max-age=86400, immutable",
         }
         return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
