@@ -336,6 +336,13 @@ class Proxy65(Module):
 
     @iq_handler("set", NS, "query", to="host", on="service")
     def activate(self, st: Stanza) -> Element:
+        try:
+            return self._activate(st)
+        except StanzaError as e:  # each refusal logged once
+            self.log.info("activation from %s refused: %s", st.from_, e)
+            raise
+
+    def _activate(self, st: Stanza) -> Element:
         requester = self._local(st)
         q = st.el[0]
         sid = q.get("sid")

@@ -200,6 +200,13 @@ class Upload(Module):
 
     @iq_handler("get", NS, "request", to="host", on="service")
     async def request_slot(self, st: Stanza) -> Element:
+        try:
+            return await self._request_slot(st)
+        except StanzaError as e:  # each refusal logged once
+            self.log.info("slot request from %s refused: %s", st.from_, e)
+            raise
+
+    async def _request_slot(self, st: Stanza) -> Element:
         host, user = self._local_user(st)
         req = st.el[0]
         opts = self.ctx.options_for(host)
