@@ -174,6 +174,61 @@ async def test_replayed_put_is_refused(server) -> None:
     await c.close()
 
 
+async def _partial_put(server: RunningServer, put: str, auth: str, size: int, sent: bytes):  # noqa: ANN202
+    """A raw HTTPS PUT of ``size`` bytes that has sent only ``sent`` so far."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    u = urlsplit(put)
+    reader, writer = await asyncio.open_connection("127.0.0.1", u.port, ssl=_ssl(server), server_hostname="localhost")
+    writer.write((f"PUT {u.path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {size}\r\n"
+                  f"Content-Type: application/octet-stream\r\nAuthorization: {auth}\r\n\r\n").encode() + sent)
+    await writer.drain()
+    return reader, writer
+
+
+def _parts(server: RunningServer) -> list[str]:
+    return [p.name for p in server.server.modules.modules["upload"].dir.iterdir() if p.name.startswith(".part-")]
+
+
+async def test_second_put_while_the_first_runs_is_refused(server) -> None:
+    import asyncio
+
+    c = await _user(server)
+    put, headers, get = _urls(await _slot(c, "a.bin", 2000))
+    reader, writer = await _partial_put(server, put, headers["Authorization"], 2000, b"a" * 1000)
+    await asyncio.sleep(0.2)
+    status, _, _ = await _request(server, "PUT", put, data=b"b" * 2000,
+                                  headers={**headers, "Content-Type": "application/octet-stream"})
+    assert status == 409
+    writer.write(b"a" * 1000)
+    assert b" 201 " in await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert (await _request(server, "GET", get))[2] == b"a" * 2000
+    await c.close()
+
+
+async def test_aborted_upload_leaves_no_partial_file_and_the_slot_usable(server) -> None:
+    import asyncio
+
+    c = await _user(server)
+    put, headers, get = _urls(await _slot(c, "a.bin", 100_000))
+    reader, writer = await _partial_put(server, put, headers["Authorization"], 100_000, b"a" * 50_000)
+    await asyncio.sleep(0.2)
+    assert _parts(server)
+    writer.transport.abort()  # the client goes away mid-body
+    for _ in range(100):
+        if not _parts(server):
+            break
+        await asyncio.sleep(0.05)
+    assert not _parts(server)
+    assert (await _request(server, "GET", get))[0] == 404
+    status, _, _ = await _request(server, "PUT", put, data=b"c" * 100_000,
+                                  headers={**headers, "Content-Type": "application/octet-stream"})
+    assert status == 201
+    await c.close()
+
+
 async def test_size_and_content_type_must_match_the_slot(server) -> None:
     c = await _user(server)
     put, headers, get = _urls(await _slot(c, "a.png", 100, "image/png"))
