@@ -267,7 +267,7 @@ async def test_quota_exceeded_is_resource_constraint(server) -> None:
     await other.close()
 
 
-def test_quota_survives_a_restart_of_the_module(server) -> None:
+def test_quota_and_tokens_survive_a_restart_of_the_module(server) -> None:
     import asyncio
 
     jid, pw = server.make_user()
@@ -280,10 +280,16 @@ def test_quota_survives_a_restart_of_the_module(server) -> None:
             await c.close()
 
     _urls(asyncio.run(ask(MAX)))
-    _urls(asyncio.run(ask(QUOTA - MAX)))
+    put, headers, get = _urls(asyncio.run(ask(QUOTA - MAX)))
     server.call(server.server.modules.stop_module, "upload")
     server.call(server.server.modules.start_module, "upload")
     assert error_condition(asyncio.run(ask(1))) == "resource-constraint"
+    # the token key comes from the server secret: a slot's PUT URL outlives a restart of the module
+    data = b"z" * (QUOTA - MAX)
+    status, _, _ = asyncio.run(_request(server, "PUT", put, data=data,
+                                        headers={**headers, "Content-Type": "application/octet-stream"}))
+    assert status == 201
+    assert asyncio.run(_request(server, "GET", get))[2] == data
 
 
 async def test_path_traversal_in_file_names_is_impossible(server) -> None:
