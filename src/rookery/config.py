@@ -132,6 +132,11 @@ class LimitsConfig(_Section):
     max_send_buffer: int = Field(1048576, ge=4096)
     #: seconds a client over max_send_buffer has to read before it is disconnected
     send_timeout: float = Field(60.0, gt=0)
+    #: per-account quotas (0: no limit)
+    max_roster_items: int = Field(2000, ge=0)
+    max_private_bytes: int = Field(1048576, ge=0)
+    max_resources_per_account: int = Field(10, ge=0)
+    max_pending_subscriptions: int = Field(1000, ge=0)
 
 
 class OfflineConfig(_Section):

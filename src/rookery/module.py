@@ -167,7 +167,7 @@ class ModuleContext:
     def __init__(self, name: str, *, router: RouterAPI, sessions: SessionRegistry, storage: Storage,
                  stores: Stores, options: BaseModel, host_options: dict[str, BaseModel], hosts: list[str],
                  catalog: Catalog, registrar: Registrar, services: dict[str, Any], started_at: float,
-                 admins: frozenset[str] = frozenset(), data_dir: Path | None = None,
+                 admins: frozenset[str] = frozenset(), limits: Any = None, data_dir: Path | None = None,
                  secret: bytes = b"") -> None:
         self.name = name
         self.router = router
@@ -179,6 +179,8 @@ class ModuleContext:
         self.started_at = started_at
         #: the top-level ``admins`` (bare JIDs as strings)
         self.admins = admins
+        #: the ``[limits]`` settings (per-account quotas: ``max_roster_items`` …); None outside a server
+        self.limits = limits
         self.log = logging.getLogger(f"rookery.modules.{name}")
         self._stores = stores
         self._host_options = host_options

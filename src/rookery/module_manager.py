@@ -169,7 +169,7 @@ class ModuleManager:
                             stores=self.stores, options=opts, host_options=host_opts, hosts=list(hosts),
                             catalog=self.catalog, registrar=self, services=self.services,
                             started_at=self.started_at, admins=frozenset(self.config.admins),
-                            data_dir=self.config.data_path(), secret=self.secret)
+                            limits=self.config.limits, data_dir=self.config.data_path(), secret=self.secret)
         mod = cls(ctx)
         for svc in cls.provides:
             if svc in self.services:

@@ -28,7 +28,7 @@ from .routing.routes import RouteTable
 from .routing.tasks import Tasks
 from .stanza import Stanza
 from .streams.auth_limits import AuthFailureLimiter
-from .streams.bind import Bind
+from .streams.bind import Bind, BindRefused
 from .streams.c2s import C2SStream, ElementHandler
 from .streams.legacy_auth import LegacyAuth
 from .streams.negotiator import Negotiator, Negotiators
@@ -266,6 +266,13 @@ class Server:
         """RFC 6120 §7: a new session for ``username@domain/resource`` (the stream attaches it once the
         bind result is written); §7.7.2.2: a session that had this full JID is closed with ``<conflict/>``."""
         jid = JID(username, stream.local_domain, resource, _norm=False)
+        limit = self.config.limits.max_resources_per_account
+        if limit:
+            bound = self.sessions.resources(jid.bare)
+            if resource not in bound and len(bound) >= limit:
+                # [limits] max_resources_per_account: the new resource is refused, the bound ones
+                # keep working (a replaced full JID is not a new resource)
+                raise BindRefused("resource-constraint", f"this account has {limit} resources bound already")
         auth = stream.auth_info if stream.auth_info is not None else {}
         auth["ip"] = stream.transport.peer_ip
         auth["secure"] = stream.transport.is_secure
