@@ -100,8 +100,10 @@ class ModuleCatalog:
 class ModuleManager:
     def __init__(self, config: Config, *, router: RouterAPI, sessions: SessionRegistry, routes: RouteTable,
                  events: EventBus, tables: dict[str, HandlerTable], elements: dict[str, Callable[..., Any]],
-                 storage: Storage, tasks: Tasks, started_at: float, http: HTTPService | None = None) -> None:
+                 storage: Storage, tasks: Tasks, started_at: float, http: HTTPService | None = None,
+                 secret: bytes = b"") -> None:
         self.config = config
+        self.secret = secret  # the server secret (ctx.derive_key)
         self.http = http  # the [http] listeners' routes (None: no HTTP side)
         self.router = router
         self.sessions = sessions
@@ -167,7 +169,7 @@ class ModuleManager:
                             stores=self.stores, options=opts, host_options=host_opts, hosts=list(hosts),
                             catalog=self.catalog, registrar=self, services=self.services,
                             started_at=self.started_at, admins=frozenset(self.config.admins),
-                            limits=self.config.limits)
+                            limits=self.config.limits, data_dir=self.config.data_path(), secret=self.secret)
         mod = cls(ctx)
         for svc in cls.provides:
             if svc in self.services:

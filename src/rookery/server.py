@@ -134,7 +134,7 @@ class Server:
         self.modules = ModuleManager(cfg, router=self.router, sessions=self.sessions, routes=self.routes,
                                      events=self.events, tables=self.tables, elements=self.elements,
                                      storage=self.storage, tasks=self.tasks, started_at=self.started_at,
-                                     http=self.http)
+                                     http=self.http, secret=self.secret)
         await self.modules.load_all()
         self.components.install()  # after the modules: a clash with a service's subdomain is an error
         loop = asyncio.get_running_loop()

@@ -56,6 +56,8 @@ class RunningServer:
             "http": {"listen": ["127.0.0.1:0"], "tls_listen": ["127.0.0.1:0"]},
             # listened on only when a test configures [components] secrets
             "components": {"listen": ["127.0.0.1:0"]},
+            # the SOCKS5 bytestreams proxy (XEP-0065) on a free port too
+            "proxy65": {"listen": ["127.0.0.1:0"]},
         }
         self.config = Config.model_validate(_merge(base, settings))
         self.data_dir = data_dir

@@ -32,6 +32,9 @@ BUILTIN: dict[str, str] = {
     "smacks": "rookery.modules.stream_management:StreamManagement",
     "push": "rookery.modules.push:Push",
     "mam": "rookery.modules.mam:MAM",
+    "upload": "rookery.modules.upload:Upload",
+    "proxy65": "rookery.modules.proxy65:Proxy65",
+    "external_services": "rookery.modules.external_services:ExternalServices",
 }
 
 
