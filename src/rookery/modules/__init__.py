@@ -32,6 +32,10 @@ BUILTIN: dict[str, str] = {
     "smacks": "rookery.modules.stream_management:StreamManagement",
     "push": "rookery.modules.push:Push",
     "mam": "rookery.modules.mam:MAM",
+    "websocket": "rookery.modules.websocket:WebSocket",
+    "bosh": "rookery.modules.bosh:BOSH",
+    "http_discovery": "rookery.modules.http_discovery:HTTPDiscovery",
+    "web_client": "rookery.modules.web_client:WebClient",
 }
 
 
