@@ -147,8 +147,8 @@ class BOSHClient:
             f = (await self.send()).find(f"{{{STREAM}}}features")
         return f
 
-    async def login(self, jid: str, password: str, resource: str = "bosh") -> BOSHClient:
-        f = await self.features(await self.create())
+    async def login(self, jid: str, password: str, resource: str = "bosh", wait: int = 10) -> BOSHClient:
+        f = await self.features(await self.create(wait=wait))
         assert f.find(f"{{{SASL}}}mechanisms") is not None, f
         r = await self.send(f"<auth xmlns='{SASL}' mechanism='PLAIN'>{plain(jid, password)}</auth>")
         assert r.find(f"{{{SASL}}}success") is not None, r

@@ -24,7 +24,7 @@ class BOSHOptions(Options):
     #: most requests held at once (the client's 'hold' is capped to it)
     max_hold: int = Field(1, ge=0, le=8)
     #: seconds without a request (none held) before a session is ended
-    inactivity: int = Field(60, ge=5, le=86400)
+    inactivity: int = Field(60, ge=1, le=86400)
     #: longest 'pause' a client may ask for, in seconds
     max_pause: int = Field(300, ge=0, le=86400)
     #: shortest polling interval announced to clients, in seconds

@@ -244,6 +244,8 @@ class _BodyParser:
             if k in ("to", "from", ns.XML_LANG):
                 header.set(k, v)
         version = body.get(_XMPP_VERSION)
+        if version is None and body.get(_RESTART) == "true":
+            version = "1.0"  # XEP-0206 §5: a restart repeats no version; SASL happened, so it is 1.0
         if version is not None:
             header.set("version", version)
         self._on_open(header, {"": self._content_ns, "stream": ns.STREAM})
