@@ -211,7 +211,7 @@ class BOSHSession:
 
     # output ----------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self._ended or not data:
+        if self._ended or len(data) < 3 and not data.strip():  # nothing, or a whitespace keepalive
             return
         self._out.append(data)
         self._queued += len(data)
