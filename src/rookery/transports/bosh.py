@@ -163,10 +163,7 @@ class BOSHSession:
         return await self._answer(fut)
 
     async def _answer(self, fut: asyncio.Future[bytes]) -> web.Response:
-        try:
-            body = await fut
-        except asyncio.CancelledError:
-            raise
+        body = await fut
         if body.startswith(b"\x00"):  # a binding error: (status byte) + body
             return _xml_response(body[2:], status=body[1] + 300)
         return _xml_response(body)
