@@ -5,6 +5,7 @@
 #
 #   bench/http.sh                      # N=1000 IDLE=10 PAIRS=50 DURATION=10
 #   ONLY=rookery bench/http.sh         # or ONLY=prosody
+#   PROSODY_EXTRA='network_settings = { nagle = false }' ONLY=prosody bench/http.sh
 #
 # Results: bench/.results/http-*.json and one line per server at the end.  See docs/performance.md.
 set -uo pipefail
@@ -56,7 +57,8 @@ if [ -z "$ONLY" ] || [ "$ONLY" = prosody ]; then
     if pid=$("$PY" bench/prosody.py start --port "$PROSODY_PORT" --users "$USERS" --cpu "$SERVER_CPU" \
             --extra 'modules_enabled = { "roster"; "saslauth"; "tls"; "disco"; "ping"; "limits"; "bosh"; "websocket" }' \
             --extra "http_ports = { $PROSODY_HTTP_PORT }" --extra 'http_interfaces = { "127.0.0.1" }' \
-            --extra 'consider_bosh_secure = true' --extra 'consider_websocket_secure = true'); then
+            --extra 'consider_bosh_secure = true' --extra 'consider_websocket_secure = true' \
+            ${PROSODY_EXTRA:+--extra "$PROSODY_EXTRA"}); then
         wait_port "$PROSODY_HTTP_PORT" "$pid"
         echo "# prosody pid $pid" >&2
         "${LOAD[@]}" --base "http://127.0.0.1:$PROSODY_HTTP_PORT" --ws-path /xmpp-websocket --server-pid "$pid" \

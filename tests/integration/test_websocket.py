@@ -121,3 +121,35 @@ async def test_plain_get_is_not_an_upgrade(rookery_server):
     async with aiohttp.ClientSession() as s, s.get(rookery_server.http_url + "/xmpp-websocket",
                                                    headers={"Sec-WebSocket-Protocol": "xmpp"}) as r:
         assert r.status == 426
+
+
+async def test_websocket_pings(rookery_server_factory):
+    srv = rookery_server_factory(websocket={"ping_interval": 0.3})
+    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(srv, secure=False), protocols=("xmpp",),
+                                                          autoping=False) as ws:
+        msg = await ws.receive(3)
+        assert msg.type == aiohttp.WSMsgType.PING
+        await ws.pong(msg.data)
+
+
+async def test_stanza_over_the_size_limit(rookery_server):
+    ws = await WSClient().connect(ws_url(rookery_server, secure=False))
+    try:
+        await ws.open()
+        await ws.send(f"<message xmlns='jabber:client'><body>{'x' * 300_000}</body></message>")
+        assert stream_error(await ws.recv()) == "policy-violation"
+    finally:
+        await ws.close()
+
+
+async def test_connection_limits_count_websockets(rookery_server_factory):
+    srv = rookery_server_factory(limits={"max_unauthenticated_per_ip": 1})
+    first = await WSClient().connect(ws_url(srv, secure=False))
+    second = await WSClient().connect(ws_url(srv, secure=False))
+    try:
+        msg = await second.ws.receive(3)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1013
+        assert (await first.open()).tag == f"{{{STREAM}}}features"
+    finally:
+        await first.close()
+        await second.close()
