@@ -16,7 +16,7 @@ from .jid import InvalidJID, nameprep
 DEFAULT_MODULES = [
     "roster", "presence", "disco", "caps", "ping", "version", "time", "last", "vcard", "private",
     "offline", "session", "register", "contact_info", "carbons", "csi", "blocking", "smacks", "push",
-    "mam", "upload", "proxy65", "external_services",
+    "mam", "upload", "proxy65", "external_services", "websocket", "bosh", "http_discovery", "web_client",
 ]
 
 
@@ -104,8 +104,11 @@ class HTTPConfig(_Section):
     max_request_size: int = Field(1048576, ge=1024)
     #: origins allowed by CORS for web clients ("*": any)
     cors_origins: list[str] = ["*"]
-    #: serve the built-in web client at /
+    #: serve the built-in web client at / (the ``web_client`` module; false: as if it were not in ``modules``)
     web_client: bool = True
+    #: plain-HTTP requests from a loopback address count as encrypted for WebSocket and BOSH (RFC 6120
+    #: require_encryption): the traffic never leaves the host (a local client, or a TLS-terminating proxy)
+    secure_loopback: bool = True
 
     _v_listen = field_validator("listen", "tls_listen")(_check_listen)
 
@@ -399,7 +402,10 @@ class Config(_Section):
 
     def modules_for(self, host: str) -> list[str]:
         vh = self.vhosts.get(host)
-        return list(vh.modules) if vh is not None and vh.modules is not None else list(self.modules)
+        mods = list(vh.modules) if vh is not None and vh.modules is not None else list(self.modules)
+        if not self.http.web_client:
+            mods = [m for m in mods if m != "web_client"]
+        return mods
 
     def data_path(self, *parts: str) -> Path:
         return Path(self.data_dir).joinpath(*parts)

@@ -261,6 +261,19 @@ class ModuleContext:
         """The absolute URL of ``path`` on the HTTP side (``[http] public_url`` when set)."""
         return self._registrar.http_base_url(secure) + path
 
+    def http_secure(self, request: Any) -> bool:
+        """Whether an HTTP request counts as encrypted: it came over HTTPS, or from a loopback address
+        while ``[http] secure_loopback`` is on (a TLS-terminating reverse proxy on the same host)."""
+        return self._registrar.http_secure(request)
+
+    def c2s_stream(self, transport: Any, framer: Any) -> Any:
+        """A client stream (the same c2s code as TCP) on ``transport`` framed by ``framer``: how the
+        carriers of XMPP over HTTP (modules ``websocket``, ``bosh``) start one.  ``transport`` is a
+        ``streams.transport.Transport`` with ``set_admission(limiter, key)``; the connection limits
+        count it.  Returns the stream (give it the transport's incoming data), or None when the
+        connection limits refuse it."""
+        return self._registrar.c2s_stream(transport, framer)
+
     def fire(self, event: str, *args: Any) -> Awaitable[None] | None:
         """Fire a server-wide event (an awaitable when some handler was async)."""
         return self._registrar.fire(event, *args)
@@ -297,6 +310,10 @@ class Registrar(Protocol):
                    cors: bool) -> Handle: ...
 
     def http_base_url(self, secure: bool) -> str: ...
+
+    def http_secure(self, request: Any) -> bool: ...
+
+    def c2s_stream(self, transport: Any, framer: Any) -> Any: ...
 
     def fire(self, event: str, *args: Any) -> Awaitable[None] | None: ...
 

@@ -40,7 +40,7 @@ from .streams.starttls import StartTLS
 from .streams.transport import StreamFramer
 from .streams.xmlstream import StreamLimits
 from .transports.http import HTTPService
-from .transports.limits import ConnectionLimiter
+from .transports.limits import ConnectionLimiter, address_key
 from .transports.tcp import Flusher, RateLimit, SendLimit, StreamProtocol, listen
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class Server:
         h = config.http
         #: the HTTP side (routes are added by modules and the HTTP carriers; listens at start)
         self.http = HTTPService(max_request_size=h.max_request_size, cors_origins=h.cors_origins,
-                                public_url=h.public_url)
+                                public_url=h.public_url, secure_loopback=h.secure_loopback)
         #: external components (XEP-0114): their routes and streams (components.py)
         self.components = Components(config.components.secrets, config.domains, self.routes, self.events,
                                      self.router.route, self.router.reply, self.tasks.spawn, self.auth_limiter)
@@ -134,7 +134,7 @@ class Server:
         self.modules = ModuleManager(cfg, router=self.router, sessions=self.sessions, routes=self.routes,
                                      events=self.events, tables=self.tables, elements=self.elements,
                                      storage=self.storage, tasks=self.tasks, started_at=self.started_at,
-                                     http=self.http, secret=self.secret)
+                                     http=self.http, secret=self.secret, c2s=self.open_c2s_stream)
         await self.modules.load_all()
         self.components.install()  # after the modules: a clash with a service's subdomain is an error
         loop = asyncio.get_running_loop()
@@ -222,6 +222,17 @@ class Server:
             negotiators = self._c2s_negotiators = Negotiators(order)
         return C2SStream(self, transport, framer or self._framer, c, self._limits, negotiators,
                          accept_pre_1_0=c.legacy_auth)
+
+    def open_c2s_stream(self, transport: Any, framer: Any) -> C2SStream | None:
+        """A c2s stream for a carrier other than the TCP listeners (WebSocket, BOSH: ``ctx.c2s_stream``),
+        counted by the connection limits like a TCP connection (None: over a limit)."""
+        adm = self.admission
+        if adm is not None:
+            key = address_key(transport.peer_ip)
+            if adm.admit(key) is not None:
+                return None
+            transport.set_admission(adm, key)
+        return self.new_c2s_stream(transport, framer)
 
     async def _listen(self, kind: str, spec: str, factory: Any, ctx: Any) -> None:
         try:
