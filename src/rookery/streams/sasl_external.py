@@ -58,6 +58,8 @@ class SASLExternal:
                 return None
         if not domain or not stream.transport.is_secure or not stream.cert_valid_for(domain):
             stream.send(_failure("not-authorized"))
+            if not stream.dialback_allowed():  # §3: nothing else can authenticate it here
+                stream.stream_error("not-authorized", "the certificate is not valid for that domain")
             return None
         stream.send(Element(_SASL + "success"))
         stream.sasl_authenticated(domain)
