@@ -77,3 +77,31 @@ def federated_pair(factory, a_domain: str = "a.example", b_domain: str = "b.exam
     b = factory(domains=[b_domain], tls=b_tls or {},
                 s2s={"listen": [f"127.0.0.1:{pb}"], "hosts": {a_domain: f"127.0.0.1:{pa}"}, **(b_s2s or {})})
     return a, b
+
+
+S2S_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' "
+              "xmlns:stream='http://etherx.jabber.org/streams' from='{frm}' to='{to}' version='1.0'>")
+
+
+async def raw_peer(port: int, frm: str, to: str, *, tls: bool = True, cert: tuple[str, str] | None = None):
+    """A hand-driven peer server on an incoming s2s port: header, STARTTLS (with ``cert`` as its
+    client certificate).  Returns (client, features)."""
+    import ssl
+
+    from xmpp_helpers import RawClient
+
+    c = await RawClient().connect(port)
+    header = S2S_HEADER.format(frm=frm, to=to)
+    features = await c.open_stream(header=header)
+    if tls and features.tag.endswith("features"):
+        c.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        el = await c.recv()
+        assert el.tag.endswith("proceed"), el.tag
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        if cert:
+            ctx.load_cert_chain(*cert)
+        await c.writer.start_tls(ctx, server_hostname=to)
+        features = await c.open_stream(header=header)
+    return c, features

@@ -118,3 +118,82 @@ async def test_peer_with_a_certificate_for_another_domain_is_refused_when_valid_
         assert sb.call_sync(lambda: [d for d in sb.server.s2s.describe() if d["state"] == "ready"]) == []
     finally:
         await disconnect(c)
+
+
+# -- bad input from peers (each gets its stream error; the others are not disturbed) -----------------
+async def _still_federated(sa, sb) -> None:
+    a_jid, a_pw = sa.make_user()
+    b_jid, b_pw = sb.make_user()
+    a = await slix_client(sa, a_jid, a_pw, presence=False)
+    b = await slix_client(sb, b_jid, b_pw)
+    try:
+        got: list[str] = []
+        b.add_event_handler("message", lambda m: got.append(m["body"]))
+        a.send_message(mto=b_jid, mbody="still here", mtype="chat")
+        await _wait(lambda: got == ["still here"])
+    finally:
+        await disconnect(a, b)
+
+
+async def test_bad_peers_get_their_stream_errors_and_federation_goes_on(rookery_server_factory):
+    from s2s_helpers import raw_peer
+
+    from rookery.streams.dialback import dialback_key
+
+    sa, sb = federated_pair(rookery_server_factory)
+    port = sb.s2s_port
+    # a domain this server does not serve
+    c, f = await raw_peer(port, "a.example", "nobody.example", tls=False)
+    assert f.tag.endswith("error") and f[0].tag.endswith("host-unknown")
+    # stanzas before authentication
+    c, f = await raw_peer(port, "a.example", "b.example", tls=False)
+    c.send("<message from='x@a.example' to='y@b.example'><body>hi</body></message>")
+    assert await c.stream_error() == "not-authorized"
+    c, f = await raw_peer(port, "a.example", "b.example")
+    assert f.find("{urn:xmpp:features:dialback}dialback") is not None
+    assert f.find("{urn:ietf:params:xml:ns:xmpp-sasl}mechanisms") is None  # self-signed: no EXTERNAL
+    c.send("<message from='x@a.example' to='y@b.example'><body>hi</body></message>")
+    assert await c.stream_error() == "not-authorized"
+    # garbage
+    c, f = await raw_peer(port, "a.example", "b.example")
+    c.send("<message><<<")
+    assert await c.stream_error() == "not-well-formed"
+    # a lying peer: dialback for a.example with a key a.example's server never issued
+    c, f = await raw_peer(port, "a.example", "b.example")
+    c.send("<db:result from='a.example' to='b.example'>0123456789abcdef</db:result>")
+    res = await c.recv(10)
+    assert res.tag == "{jabber:server:dialback}result" and res.get("type") == "invalid"
+    assert await c.stream_error() == "not-authorized"  # XEP-0220 §2.2.1: the stream is closed
+    # a peer authenticated as a.example (the key is right) that forges another 'from', or sends to a
+    # domain that is not ours
+    for stanza, condition in (
+            ("<message from='mallory@c.example' to='y@b.example'><body>hi</body></message>", "invalid-from"),
+            ("<message from='x@a.example' to='y@elsewhere.example'><body>hi</body></message>", "host-unknown")):
+        c, f = await raw_peer(port, "a.example", "b.example")
+        sid = c.header.get("id")
+        key = sa.call_sync(lambda sid=sid: dialback_key(sa.server.secret, "b.example", "a.example", sid))
+        c.send(f"<db:result from='a.example' to='b.example'>{key}</db:result>")
+        res = await c.recv(10)
+        assert res.get("type") == "valid", res.attrib
+        c.send(stanza)
+        assert await c.stream_error() == condition
+    await _still_federated(sa, sb)
+
+
+async def test_db_verify_is_answered_on_a_stream_not_yet_authenticated(rookery_server_factory):
+    """XEP-0220 §2.1.3: the authoritative server answers <db:verify/> (Prosody asks on a stream it has
+    not authenticated)."""
+    from s2s_helpers import raw_peer
+
+    from rookery.streams.dialback import dialback_key
+
+    sa, sb = federated_pair(rookery_server_factory)
+    good = sb.call_sync(lambda: dialback_key(sb.server.secret, "a.example", "b.example", "abc123"))
+    c, f = await raw_peer(sb.s2s_port, "a.example", "b.example")
+    c.send(f"<db:verify from='a.example' to='b.example' id='abc123'>{good}</db:verify>")
+    r = await c.recv()
+    assert (r.tag, r.get("type"), r.get("id"), r.get("from")) == ("{jabber:server:dialback}verify", "valid",
+                                                                  "abc123", "b.example")
+    c.send("<db:verify from='a.example' to='b.example' id='abc124'>" + good + "</db:verify>")
+    r = await c.recv()
+    assert r.get("type") == "invalid"
