@@ -8,14 +8,26 @@ import asyncio
 from s2s_helpers import _wait, federated_pair, subscribe_and_chat
 from xmpp_helpers import disconnect, slix_client
 
+from rookery.cli import main as cli_main
 
-async def test_users_of_two_servers_subscribe_see_presence_and_chat_over_dialback(rookery_server_factory):
+
+async def test_users_of_two_servers_subscribe_see_presence_and_chat_over_dialback(rookery_server_factory, tmp_path,
+                                                                                  capsys):
     sa, sb = federated_pair(rookery_server_factory)
     a_jid, a_pw = sa.make_user()
     b_jid, b_pw = sb.make_user()
     await subscribe_and_chat(sa, a_jid, a_pw, sb, b_jid, b_pw)
     links = sa.call_sync(sa.server.s2s.describe)
     assert {(d["direction"], d["auth"]) for d in links} >= {("out", "dialback"), ("in", "dialback")}
+    # `rookery s2s` lists them through the control socket
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'domains = ["a.example"]\ndata_dir = "{sa.data_dir}"\n')
+    assert cli_main(["s2s", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["PEER", "LOCAL", "DIR", "STATE", "AUTH", "TLS", "IDLE", "QUEUED"]
+    rows = {tuple(line.split()[:5]) for line in out[1:]}
+    assert ("b.example", "a.example", "out", "ready", "dialback") in rows
+    assert ("b.example", "a.example", "in", "ready", "dialback") in rows
 
 
 async def test_users_of_two_servers_chat_over_sasl_external_with_ca_certificates(rookery_server_factory, tmp_path):
