@@ -174,3 +174,70 @@ async def test_db_verify_is_answered_on_a_stream_not_yet_authenticated(rookery_s
     c.send("<db:verify from='a.example' to='b.example' id='abc124'>" + good + "</db:verify>")
     r = await c.recv()
     assert r.get("type") == "invalid"
+
+
+async def test_connecting_queue_is_bounded_and_a_silent_server_times_out(rookery_server_factory):
+    """Stanzas wait (bounded: resource-constraint beyond ``max_queue``) while the connection is set up;
+    a peer that accepts TCP and never speaks makes them bounce with remote-server-timeout."""
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        s = rookery_server_factory(domains=["a.example"], s2s={
+            "hosts": {"mute.example": f"127.0.0.1:{port}"}, "max_queue": 2, "connect_timeout": 1.5})
+        jid, pw = s.make_user()
+        c = await slix_client(s, jid, pw, presence=False)
+        try:
+            errors: list[str] = []
+            c.add_event_handler("message_error", lambda m: errors.append(m["error"]["condition"]))
+            for i in range(3):
+                c.send_message(mto="x@mute.example", mbody=f"m{i}", mtype="chat")
+            await _wait(lambda: errors == ["resource-constraint"])
+            await _wait(lambda: len(errors) == 3, 5)
+            assert errors == ["resource-constraint", "remote-server-timeout", "remote-server-timeout"]
+        finally:
+            await disconnect(c)
+    finally:
+        silent.close()
+
+
+async def test_idle_connections_close_and_reopen_on_demand(rookery_server_factory):
+    sa, sb = federated_pair(rookery_server_factory, a_s2s={"idle_timeout": 0.6}, b_s2s={"idle_timeout": 0.6})
+    await _still_federated(sa, sb)
+    await _wait(lambda: sa.call_sync(sa.server.s2s.describe) == [] and sb.call_sync(sb.server.s2s.describe) == [],
+                5)
+    await _still_federated(sa, sb)
+
+
+async def test_remote_senders_reach_offline_storage_and_server_iqs_work_across(rookery_server_factory):
+    """RFC 6121 §8.5.2.2 offline storage for a remote sender; ping (XEP-0199) and version (XEP-0092)
+    between a user and the remote server."""
+    sa, sb = federated_pair(rookery_server_factory)
+    a_jid, a_pw = sa.make_user()
+    b_jid, b_pw = sb.make_user()
+    a = await slix_client(sa, a_jid, a_pw, plugins=("xep_0199", "xep_0092"), presence=False)
+    try:
+        a.send_message(mto=b_jid, mbody="while you were away", mtype="chat")
+        rtt = await a.plugin["xep_0199"].ping(jid="b.example", timeout=10)
+        assert rtt is not None
+        v = await a.plugin["xep_0092"].get_version("b.example", timeout=10)
+        assert v["software_version"]["name"]
+    finally:
+        await disconnect(a)
+    b = await slix_client(sb, b_jid, b_pw, presence=False)
+    try:
+        got: list[str] = []
+        b.add_event_handler("message", lambda m: got.append(m["body"]))
+        b.send_presence()
+        await _wait(lambda: got == ["while you were away"])
+    finally:
+        await disconnect(b)
+
+
+async def test_an_oversized_stanza_from_a_peer_is_a_policy_violation(rookery_server_factory):
+    from s2s_helpers import raw_peer
+
+    sa, sb = federated_pair(rookery_server_factory, b_s2s={})
+    c, f = await raw_peer(sb.s2s_port, "a.example", "b.example")
+    c.send("<message from='x@a.example' to='y@b.example'><body>" + "x" * 300_000 + "</body></message>")
+    assert await c.stream_error() == "policy-violation"
+    await _still_federated(sa, sb)
