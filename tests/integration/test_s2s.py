@@ -241,3 +241,21 @@ async def test_an_oversized_stanza_from_a_peer_is_a_policy_violation(rookery_ser
     c.send("<message from='x@a.example' to='y@b.example'><body>" + "x" * 300_000 + "</body></message>")
     assert await c.stream_error() == "policy-violation"
     await _still_federated(sa, sb)
+
+
+async def test_a_flood_of_dialback_requests_is_a_policy_violation(rookery_server_factory):
+    from s2s_helpers import free_port, raw_peer
+
+    # the claimed domains lead to a port where nothing answers quickly: verifications stay pending
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        hosts = {"d0.example": f"127.0.0.1:{port}"}
+        s = rookery_server_factory(domains=["b.example"],
+                                   s2s={"listen": [f"127.0.0.1:{free_port()}"], "hosts": hosts})
+        c, f = await raw_peer(s.s2s_port, "d0.example", "b.example")
+        for i in range(10):
+            c.send(f"<db:result from='d0.example' to='b.example'>{i:064x}</db:result>")
+        assert await c.stream_error() == "policy-violation"
+    finally:
+        silent.close()

@@ -36,6 +36,8 @@ from .xmlstream import StreamLimits, XMLStream
 log = logging.getLogger(__name__)
 
 _STANZA_KINDS = frozenset(("message", "presence", "iq"))
+#: dialback verifications one incoming stream may have in flight (each may open a connection)
+MAX_PENDING_DIALBACK = 8
 _TLS = "{%s}" % ns.TLS
 _SASL = "{%s}" % ns.SASL
 _FEATURES = "{%s}features" % ns.STREAM
@@ -135,8 +137,12 @@ class Dialback:
             SubElement(SubElement(reply, "error", type="cancel"), "{%s}not-acceptable" % ns.STANZAS_ERR)
             stream.send(reply)
             return
+        if stream.dialback_pending >= MAX_PENDING_DIALBACK:
+            stream.stream_error("policy-violation", "too many dialback requests at once")
+            return
         # not through the stream's ordering queue: the peer may need this very stream to answer our
         # own <db:verify/> meanwhile (Prosody does)
+        stream.dialback_pending += 1
         stream.spawn(Dialback._check(stream, local, remote, key))
 
     @staticmethod
@@ -146,6 +152,8 @@ class Dialback:
         except Exception:
             log.exception("dialback verification failed")
             ok = False
+        finally:
+            stream.dialback_pending -= 1
         if stream.closed:
             return
         stream.send(Element(db.RESULT, {"from": local, "to": remote, "type": "valid" if ok else "invalid"}))
@@ -160,7 +168,7 @@ class S2SInStream(XMLStream):
     """One connection a peer server opened to us (RFC 6120 'receiving entity')."""
 
     __slots__ = ("host", "settings", "authenticated", "peer_from", "remote_domains", "auth_method",
-                 "_negotiators", "_cert_cache", "last_active")
+                 "_negotiators", "_cert_cache", "last_active", "dialback_pending")
 
     content_ns = ns.SERVER
     header_ns = db.HEADER_NS
@@ -179,6 +187,7 @@ class S2SInStream(XMLStream):
         self._negotiators = negotiators
         self._cert_cache: dict[str, bool] = {}
         self.last_active = 0.0
+        self.dialback_pending = 0
         super().__init__(transport, framer, limits, host.spawn)
         host.stream_started(self)
 
