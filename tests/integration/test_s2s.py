@@ -259,3 +259,54 @@ async def test_a_flood_of_dialback_requests_is_a_policy_violation(rookery_server
         assert await c.stream_error() == "policy-violation"
     finally:
         silent.close()
+
+
+async def test_direct_tls_listener_offers_dialback_without_starttls(rookery_server_factory):
+    """XEP-0368: TLS from the first byte (ALPN xmpp-server); the features skip STARTTLS."""
+    import ssl
+
+    from s2s_helpers import S2S_HEADER, free_port
+    from xmpp_helpers import RawClient
+
+    s = rookery_server_factory(domains=["b.example"], s2s={"direct_tls_listen": [f"127.0.0.1:{free_port()}"]})
+    port = s.server.addresses["s2s_direct_tls"][0][1]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["xmpp-server"])
+    c = RawClient()
+    c.reader, c.writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="b.example")
+    f = await c.open_stream(header=S2S_HEADER.format(frm="a.example", to="b.example"))
+    assert c.writer.get_extra_info("ssl_object").selected_alpn_protocol() == "xmpp-server"
+    assert f.find("{urn:ietf:params:xml:ns:xmpp-tls}starttls") is None
+    assert f.find("{urn:xmpp:features:dialback}dialback") is not None
+    await c.close()
+
+
+async def test_outgoing_direct_tls_from_an_xmpps_server_record(rookery_server_factory, monkeypatch):
+    """XEP-0368 outgoing: a direct TLS target (as from an _xmpps-server SRV record; DNS itself is
+    replaced here, the tests stay on loopback) is connected with TLS from the first byte."""
+    from s2s_helpers import free_port
+
+    import rookery.s2s.pool as pool_mod
+    from rookery.s2s.dns import Target
+
+    pa, pb, pb_direct = free_port(), free_port(), free_port()
+    real_resolve = pool_mod.resolve
+    tried: list[Target] = []
+
+    async def resolve(domain, hosts):
+        if domain == "b.example":
+            tried.append(Target("127.0.0.1", pb_direct, True))
+            return tried[-1:]
+        return await real_resolve(domain, hosts)
+
+    monkeypatch.setattr(pool_mod, "resolve", resolve)
+    sa = rookery_server_factory(domains=["a.example"], s2s={"listen": [f"127.0.0.1:{pa}"]})
+    sb = rookery_server_factory(domains=["b.example"], s2s={
+        "listen": [f"127.0.0.1:{pb}"], "direct_tls_listen": [f"127.0.0.1:{pb_direct}"],
+        "hosts": {"a.example": f"127.0.0.1:{pa}"}})
+    await _still_federated(sa, sb)
+    assert tried
+    ins = sb.call_sync(sb.server.s2s.describe)
+    assert ("in", "dialback") in {(d["direction"], d["auth"]) for d in ins}
