@@ -28,6 +28,13 @@ async def test_users_of_two_servers_subscribe_see_presence_and_chat_over_dialbac
     rows = {tuple(line.split()[:5]) for line in out[1:]}
     assert ("b.example", "a.example", "out", "ready", "dialback") in rows
     assert ("b.example", "a.example", "in", "ready", "dialback") in rows
+    # RFC 6121 §4.3: a user who logs in later probes the remote contact and sees it online
+    b = await slix_client(sb, b_jid, b_pw)
+    a = await slix_client(sa, a_jid, a_pw)
+    try:
+        await _wait(lambda: bool(a.client_roster[b_jid].resources))
+    finally:
+        await disconnect(a, b)
 
 
 async def test_users_of_two_servers_chat_over_sasl_external_with_ca_certificates(rookery_server_factory, tmp_path):

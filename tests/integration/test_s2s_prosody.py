@@ -28,9 +28,11 @@ def _prosody() -> str:
     if path is None and not _install_tried and os.geteuid() == 0 and shutil.which("apt-get"):
         _install_tried.append(True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, env=env)
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update", "-qq"], capture_output=True,
+                       timeout=600, env=env)
         # installing starts no service here (no init system); the test never uses a system service
-        subprocess.run(["apt-get", "install", "-y", "-qq", "prosody"], capture_output=True, timeout=600, env=env)
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-qq", "prosody"],
+                       capture_output=True, timeout=900, env=env)
         path = shutil.which("prosody")
     if path is None:
         pytest.skip("prosody is not installed and could not be installed with apt-get")
