@@ -317,3 +317,33 @@ async def test_outgoing_direct_tls_from_an_xmpps_server_record(rookery_server_fa
     assert tried
     ins = sb.call_sync(sb.server.s2s.describe)
     assert ("in", "dialback") in {(d["direction"], d["auth"]) for d in ins}
+
+
+async def test_dialback_piggybacks_further_domain_pairs_and_each_pair_is_checked(rookery_server_factory):
+    """XEP-0220 §2.4: one incoming stream may authenticate more (from, to) pairs; stanzas may only use
+    a pair that was authenticated."""
+    from s2s_helpers import free_port, raw_peer
+
+    from rookery.streams.dialback import dialback_key
+
+    pa, pb = free_port(), free_port()
+    sa = rookery_server_factory(domains=["a.example", "a2.example"], s2s={"listen": [f"127.0.0.1:{pa}"]})
+    sb = rookery_server_factory(domains=["b.example", "b2.example"], s2s={
+        "listen": [f"127.0.0.1:{pb}"],
+        "hosts": {"a.example": f"127.0.0.1:{pa}", "a2.example": f"127.0.0.1:{pa}"}})
+    c, f = await raw_peer(pb, "a.example", "b.example")
+    sid = c.header.get("id")
+    for frm, to in (("a.example", "b.example"), ("a2.example", "b2.example")):
+        key = sa.call_sync(lambda frm=frm, to=to: dialback_key(sa.server.secret, to, frm, sid))
+        c.send(f"<db:result from='{frm}' to='{to}'>{key}</db:result>")
+        r = await c.recv(10)
+        assert (r.get("from"), r.get("to"), r.get("type")) == (to, frm, "valid")
+    # an authenticated pair: accepted (the unknown user's error comes back on our outgoing side)
+    c.send("<iq type='get' id='p1' from='x@a2.example/r' to='b2.example'><ping xmlns='urn:xmpp:ping'/></iq>")
+    await c.expect_nothing(0.5)
+    # the answer went back to a2.example over b2.example's own outgoing connection
+    await _wait(lambda: any(d["direction"] == "out" and (d["local"], d["domain"]) == ("b2.example", "a2.example")
+                            for d in sb.call_sync(sb.server.s2s.describe)))
+    # a2.example -> b.example was never authenticated
+    c.send("<message from='x@a2.example' to='y@b.example'><body>hi</body></message>")
+    assert await c.stream_error() == "not-authorized"
