@@ -327,7 +327,9 @@ async def test_dialback_piggybacks_further_domain_pairs_and_each_pair_is_checked
     from rookery.streams.dialback import dialback_key
 
     pa, pb = free_port(), free_port()
-    sa = rookery_server_factory(domains=["a.example", "a2.example"], s2s={"listen": [f"127.0.0.1:{pa}"]})
+    sa = rookery_server_factory(domains=["a.example", "a2.example"], s2s={
+        "listen": [f"127.0.0.1:{pa}"],
+        "hosts": {"b.example": f"127.0.0.1:{pb}", "b2.example": f"127.0.0.1:{pb}"}})
     sb = rookery_server_factory(domains=["b.example", "b2.example"], s2s={
         "listen": [f"127.0.0.1:{pb}"],
         "hosts": {"a.example": f"127.0.0.1:{pa}", "a2.example": f"127.0.0.1:{pa}"}})
@@ -342,7 +344,8 @@ async def test_dialback_piggybacks_further_domain_pairs_and_each_pair_is_checked
     c.send("<iq type='get' id='p1' from='x@a2.example/r' to='b2.example'><ping xmlns='urn:xmpp:ping'/></iq>")
     await c.expect_nothing(0.5)
     # the answer went back to a2.example over b2.example's own outgoing connection
-    await _wait(lambda: any(d["direction"] == "out" and (d["local"], d["domain"]) == ("b2.example", "a2.example")
+    await _wait(lambda: any(d["direction"] == "out" and d["state"] == "ready"
+                            and (d["local"], d["domain"]) == ("b2.example", "a2.example")
                             for d in sb.call_sync(sb.server.s2s.describe)))
     # a2.example -> b.example was never authenticated
     c.send("<message from='x@a2.example' to='y@b.example'><body>hi</body></message>")
