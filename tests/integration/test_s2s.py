@@ -350,3 +350,40 @@ async def test_dialback_piggybacks_further_domain_pairs_and_each_pair_is_checked
     # a2.example -> b.example was never authenticated
     c.send("<message from='x@a2.example' to='y@b.example'><body>hi</body></message>")
     assert await c.stream_error() == "not-authorized"
+
+
+async def test_a_second_local_domain_piggybacks_on_the_connection_to_the_same_remote(rookery_server_factory):
+    """XEP-0220 §2.4 outgoing: users of a.example and a2.example write to b.example: one connection."""
+    from s2s_helpers import free_port
+
+    pa, pb = free_port(), free_port()
+    sa = rookery_server_factory(domains=["a.example", "a2.example"], s2s={
+        "listen": [f"127.0.0.1:{pa}"], "hosts": {"b.example": f"127.0.0.1:{pb}"}})
+    sb = rookery_server_factory(domains=["b.example"], s2s={
+        "listen": [f"127.0.0.1:{pb}"],
+        "hosts": {"a.example": f"127.0.0.1:{pa}", "a2.example": f"127.0.0.1:{pa}"}})
+    b_jid, b_pw = sb.make_user()
+    from rookery.streams.sasl import make_credentials
+
+    ok = sa.call(sa.server.storage.accounts.create, "a2.example", "carol", make_credentials("pw-carol", iterations=4096))
+    assert ok
+    a_jid, a_pw = sa.make_user()
+    b = await slix_client(sb, b_jid, b_pw)
+    a = await slix_client(sa, a_jid, a_pw, presence=False)
+    try:
+        got: list[str] = []
+        b.add_event_handler("message", lambda m: got.append(m["body"]))
+        a.send_message(mto=b_jid, mbody="from a", mtype="chat")
+        await _wait(lambda: got == ["from a"])
+        carol = await slix_client(sa, "carol@a2.example", "pw-carol", presence=False)
+        try:
+            carol.send_message(mto=b_jid, mbody="from a2", mtype="chat")
+            await _wait(lambda: got == ["from a", "from a2"])
+        finally:
+            await disconnect(carol)
+        outs = [d for d in sa.call_sync(sa.server.s2s.describe) if d["direction"] == "out"]
+        assert {(d["local"], d["state"]) for d in outs} == {("a.example", "ready"), ("a2.example", "shared")}
+        ins = [d for d in sb.call_sync(sb.server.s2s.describe) if d["direction"] == "in"]
+        assert [d["domain"] for d in ins] == ["a.example, a2.example"]
+    finally:
+        await disconnect(a, b)

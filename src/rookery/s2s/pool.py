@@ -53,7 +53,7 @@ class StreamSettings:
 class Link:
     """The outgoing connection of one (local, remote) pair (an ``S2SOutHost``)."""
 
-    def __init__(self, pool: S2SPool, local: str, remote: str) -> None:
+    def __init__(self, pool: S2SPool, local: str, remote: str, via: S2SOutStream | None = None) -> None:
         self.pool = pool
         self.local = local
         self.remote = remote
@@ -69,7 +69,15 @@ class Link:
         self.verifies: dict[str, tuple[str, list[asyncio.Future[bool]]]] = {}
         self._unsent: list[str] = []
         self._attempt: asyncio.Future[str | bool] | None = None
-        self.task = pool.spawn(self._run())
+        #: riding on another local domain's stream (XEP-0220 §2.4 piggy-backing): not ours to close
+        self.guest = via is not None
+        self.task: Any = None
+        if via is not None:
+            self.stream = via
+            self.is_secured = True
+            via.piggyback(local, self)
+        else:
+            self.task = pool.spawn(self._run())
 
     # -- the S2SOutHost protocol --------------------------------------------------------------
     def spawn(self, coro: Awaitable[Any]) -> Any:
@@ -93,7 +101,19 @@ class Link:
         if self._attempt is not None and not self._attempt.done():
             self._attempt.set_result(True)
 
+    def _own_connection(self, reason: str) -> None:
+        """Piggy-backing did not work out: a connection of our own."""
+        log.info("s2s %s -> %s: piggy-backing failed (%s); connecting", self.local, self.remote, reason)
+        self.guest = False
+        self.stream = None
+        self.is_secured = False
+        self._unsent = list(self.verifies)
+        self.task = self.pool.spawn(self._run())
+
     def failed(self, stream: S2SOutStream, reason: str) -> None:
+        if self.guest and stream is self.stream and self.ready_stream is None:
+            self._own_connection(reason)
+            return
         if self._attempt is not None and not self._attempt.done():
             self._attempt.set_result(reason)
 
@@ -106,6 +126,9 @@ class Link:
 
     def stream_ended(self, stream: S2SOutStream) -> None:
         if stream is not self.stream:
+            return
+        if self.guest and self.ready_stream is None and not self.closed:
+            self._own_connection("the shared connection closed")
             return
         self.stream = None
         self.is_secured = False
@@ -224,7 +247,7 @@ class Link:
         self.verifies.clear()
         if self.pool.links.get((self.local, self.remote)) is self:
             del self.pool.links[(self.local, self.remote)]
-        if self.stream is not None:
+        if self.stream is not None and not self.guest:
             self.stream.close()
         if self.task is not None and not self.task.done() and self.task is not asyncio.current_task():
             self.task.cancel()
@@ -236,8 +259,8 @@ class Link:
     def describe(self) -> dict[str, Any]:
         s = self.ready_stream or self.stream
         return {"domain": self.remote, "local": self.local, "direction": "out",
-                "state": "ready" if self.ready_stream is not None else "connecting",
-                "auth": s.auth_method if s is not None else "",
+                "state": ("shared" if self.guest else "ready") if self.ready_stream is not None else "connecting",
+                "auth": ("dialback" if self.guest else s.auth_method) if s is not None else "",
                 "tls": getattr(s.transport, "tls_version", "") if s is not None else "",
                 "idle": round(monotonic() - self.last_used, 1), "queued": len(self.queue)}
 
@@ -285,11 +308,20 @@ class S2SPool:
             # not ours to send: we relay nothing for other servers (RFC 6120 §13.7.1)
             log.debug("not relaying a stanza from %s to %s", frm, to)
             return
-        key = (frm.domain, to.domain)
-        link = self.links.get(key)
-        if link is None:
-            link = self.links[key] = Link(self, frm.domain, to.domain)
+        link = self.links.get((frm.domain, to.domain)) or self._new_link(frm.domain, to.domain)
         link.send(st)
+
+    def _new_link(self, local: str, remote: str) -> Link:
+        """A new outgoing link: piggy-backed on a ready stream of another local domain to the same
+        remote domain when dialback allows it (XEP-0220 §2.4), else a connection of its own."""
+        via = None
+        for (other, r), link in self.links.items():
+            s = link.ready_stream
+            if r == remote and other != local and not link.guest and s is not None and s.can_piggyback():
+                via = s
+                break
+        link = self.links[(local, remote)] = Link(self, local, remote, via)
+        return link
 
     def bounce(self, st: Stanza, condition: str, text: str | None) -> None:
         """RFC 6120 §8.3.1: never an error in reply to an error; presence that needs no answer
@@ -310,9 +342,7 @@ class S2SPool:
         return bool(der) and certs.verify_result(obj, self._ctxs) and certs.matches_domain(der, domain)
 
     async def verify_dialback(self, local: str, remote: str, stream_id: str, key: str) -> bool:
-        link = self.links.get((local, remote))
-        if link is None:
-            link = self.links[(local, remote)] = Link(self, local, remote)
+        link = self.links.get((local, remote)) or self._new_link(local, remote)
         fut = link.verify(stream_id, key)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), self.connect_timeout)

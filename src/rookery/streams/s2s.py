@@ -332,7 +332,7 @@ class S2SOutStream(XMLStream):
     """One connection we opened to a peer server (RFC 6120 'initiating entity')."""
 
     __slots__ = ("host", "settings", "remote_domain", "peer_stream_id", "authenticated", "auth_method",
-                 "is_ready", "_cert_ok", "_tried_external", "_features_seen", "_peer_db")
+                 "is_ready", "_cert_ok", "_tried_external", "_features_seen", "_peer_db", "guests")
 
     content_ns = ns.SERVER
     header_ns = db.HEADER_NS
@@ -350,6 +350,8 @@ class S2SOutStream(XMLStream):
         self._tried_external = False
         self._features_seen = False
         self._peer_db = False
+        #: further local domains piggy-backed on this stream (XEP-0220 §2.4): domain -> their host
+        self.guests: dict[str, S2SOutHost] = {}
         super().__init__(transport, framer, limits, host.spawn)
         self.local_domain = local
         self.send_header(remote)
@@ -396,7 +398,14 @@ class S2SOutStream(XMLStream):
                 self._fail("SASL EXTERNAL failed and dialback is not possible")
         elif tag == db.RESULT:
             t = el.get("type")
-            if t == "valid" and (el.get("from") or "").lower() == self.remote_domain:
+            guest = self.guests.get((el.get("to") or "").lower())
+            if guest is not None and (el.get("from") or "").lower() == self.remote_domain:
+                if t == "valid":
+                    guest.ready(self)
+                elif t in ("invalid", "error"):
+                    del self.guests[(el.get("to") or "").lower()]
+                    guest.failed(self, f"dialback {t}")
+            elif t == "valid" and (el.get("from") or "").lower() == self.remote_domain:
                 self.authenticated = True
                 self.auth_method = "dialback"
                 self._ready()
@@ -439,6 +448,20 @@ class S2SOutStream(XMLStream):
             self._fail("no authentication method in common" if self.cert_ok() else
                        "the peer's certificate is not valid and dialback is not allowed")
 
+    def can_piggyback(self) -> bool:
+        """Another local domain may authenticate on this stream with dialback (XEP-0220 §2.4)."""
+        s = self.settings
+        return (self.is_ready and not self.closed and s.dialback and self._peer_db
+                and (not s.require_valid_certs or self.cert_ok()))
+
+    def piggyback(self, local: str, host: S2SOutHost) -> None:
+        """Authenticate ``local`` too on this stream; ``host`` hears ``ready`` or ``failed``."""
+        self.guests[local] = host
+        key = db.dialback_key(self.host.secret, self.remote_domain, local, self.peer_stream_id)
+        r = Element(db.RESULT, {"from": local, "to": self.remote_domain})
+        r.text = key
+        self.send(r)
+
     def _dialback(self) -> bool:
         s = self.settings
         if not s.dialback or (s.require_valid_certs and not self.cert_ok()):
@@ -478,6 +501,8 @@ class S2SOutStream(XMLStream):
 
     def ended(self) -> None:
         self.host.stream_ended(self)
+        for guest in list(self.guests.values()):
+            guest.stream_ended(self)
 
     def __repr__(self) -> str:
         return f"<S2SOutStream {self.local_domain} -> {self.remote_domain}>"
