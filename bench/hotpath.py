@@ -57,7 +57,7 @@ async def main(n, rounds):
     d = tempfile.mkdtemp()
     # the modules of bench/rookery-bench.toml: the core message path (HOTPATH_ALL=1: every default module)
     mods = {} if os.environ.get("HOTPATH_ALL") else {"modules": ["roster", "presence", "disco", "ping"]}
-    cfg = Config.model_validate({"data_dir": d, **mods, "c2s": {"listen": [], "direct_tls_listen": [], "require_encryption": False,
+    cfg = Config.model_validate({"data_dir": d, **mods, "http": {"listen": [], "tls_listen": []}, "c2s": {"listen": [], "direct_tls_listen": [], "require_encryption": False,
                                                         "allow_plaintext_auth": True, "max_bytes_per_second": 0,
                                                         "keepalive_interval": 0}})
     srv = Server(cfg)

@@ -97,10 +97,58 @@ class S2SConfig(_Section):
         return bool(self.listen or self.direct_tls_listen or self.hosts)
 
 
-class HTTPConfig(_Section):
-    listen: list[str] = []
+class ComponentsConfig(_Section):
+    """``[components]``: external components (XEP-0114), e.g. gateways such as biboumi."""
+
+    #: where components connect; only listened on when ``secrets`` names at least one component
+    listen: list[str] = ["127.0.0.1:5347"]
+    #: component domain -> its shared secret (the ``<handshake/>`` password)
+    secrets: dict[str, str] = {}
 
     _v_listen = field_validator("listen")(_check_listen)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for domain, secret in v.items():
+            try:
+                d = nameprep(domain)
+            except InvalidJID as e:
+                raise ValueError(f"{domain!r} is not a valid domain ({e})") from None
+            if "@" in d or "/" in d:
+                raise ValueError(f"{domain!r} is not a domain (a component serves a whole domain)")
+            if d in out:
+                raise ValueError(f"{domain!r} is given twice")
+            if not secret:
+                raise ValueError(f"{domain!r}: the secret must not be empty")
+            out[d] = secret
+        return out
+
+
+class HTTPConfig(_Section):
+    """``[http]``: the HTTP listeners (BOSH, WebSocket, discovery, upload, web client)."""
+
+    listen: list[str] = ["127.0.0.1:5280"]
+    #: HTTPS listeners, with the server's certificate
+    tls_listen: list[str] = ["127.0.0.1:5281"]
+    #: the URL clients reach the HTTP side at, when it is behind a reverse proxy ("https://chat.example.org")
+    public_url: str | None = None
+    #: largest request body read whole, in bytes (uploads are streamed and limited by [upload])
+    max_request_size: int = Field(1048576, ge=1024)
+    #: origins allowed by CORS for web clients ("*": any)
+    cors_origins: list[str] = ["*"]
+    #: serve the built-in web client at /
+    web_client: bool = True
+
+    _v_listen = field_validator("listen", "tls_listen")(_check_listen)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v
 
 
 #: Mozilla's "intermediate" TLS 1.2 cipher suites (ssl-config.mozilla.org, v5.7): forward secrecy, AEAD
@@ -156,6 +204,11 @@ class LimitsConfig(_Section):
     max_send_buffer: int = Field(1048576, ge=4096)
     #: seconds a client over max_send_buffer has to read before it is disconnected
     send_timeout: float = Field(60.0, gt=0)
+    #: per-account quotas (0: no limit)
+    max_roster_items: int = Field(2000, ge=0)
+    max_private_bytes: int = Field(1048576, ge=0)
+    max_resources_per_account: int = Field(10, ge=0)
+    max_pending_subscriptions: int = Field(1000, ge=0)
 
 
 class OfflineConfig(_Section):
@@ -193,6 +246,36 @@ class MAMConfig(_Section):
 LEGACY_MODULE_SECTIONS = {"offline": "offline", "version": "version", "register": "register_", "mam": "mam"}
 
 
+def _module_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """A top-level table named for a module that has no section of its own in ``Config``
+    (``[muc]``, ``[pubsub]``, ``[upload]`` …) holds that module's options, like ``[modules.<name>]``
+    (which wins where both set a key)."""
+    from .modules import available_modules
+
+    fields = set(Config.model_fields) | {"register"}
+    extra = [k for k, v in data.items() if k not in fields and isinstance(v, dict)]
+    if not extra:
+        return data
+    known = available_modules()
+    data = dict(data)
+    opts: dict[str, dict[str, Any]] = {}
+    for k in extra:
+        if k in known:
+            opts[k] = data.pop(k)
+    if not opts:
+        return data
+    mods = data.get("modules")
+    if isinstance(mods, dict):
+        mods = dict(mods)
+        for k, v in opts.items():
+            mods[k] = {**v, **mods.get(k, {})} if isinstance(mods.get(k), dict) else mods.get(k, v)
+        data["modules"] = mods
+    else:
+        current = data.get("module_options", {})
+        data["module_options"] = {**current, **{k: {**v, **current.get(k, {})} for k, v in opts.items()}}
+    return data
+
+
 class VHostConfig(_Section):
     """Per-domain settings: ``[vhosts."example.org"]``."""
 
@@ -211,9 +294,12 @@ class Config(_Section):
     module_options: dict[str, dict[str, Any]] = {}
     vhosts: dict[str, VHostConfig] = {}
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: server administrators (bare JIDs): the one source of admin rights for every service
+    admins: list[str] = []
     c2s: C2SConfig = C2SConfig()
     s2s: S2SConfig = S2SConfig()
     http: HTTPConfig = HTTPConfig()
+    components: ComponentsConfig = ComponentsConfig()
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()
     offline: OfflineConfig = OfflineConfig()
@@ -227,6 +313,8 @@ class Config(_Section):
     def _modules_table(cls, data: Any) -> Any:
         """``modules`` is a list (the enabled modules) or a table: ``enabled = [...]`` and
         ``[modules.<name>]`` option tables."""
+        if isinstance(data, dict):
+            data = _module_sections(data)
         if isinstance(data, dict) and isinstance(data.get("modules"), dict):
             data = dict(data)
             table = dict(data.pop("modules"))
@@ -250,6 +338,30 @@ class Config(_Section):
             except InvalidJID as e:
                 raise ValueError(f"{d!r} is not a valid domain ({e})") from None
         return out
+
+    @field_validator("admins")
+    @classmethod
+    def _admins(cls, v: list[str]) -> list[str]:
+        from .jid import JID
+
+        out = []
+        for a in v:
+            try:
+                j = JID.parse(a)
+            except InvalidJID as e:
+                raise ValueError(f"{a!r} is not a valid JID ({e})") from None
+            if j.resource is not None:
+                raise ValueError(f"{a!r}: admins are bare JIDs (no /resource)")
+            out.append(str(j))
+        return out
+
+    @model_validator(mode="after")
+    def _components_apart(self) -> Config:
+        """A component domain is not one of the served domains (those are routed to local accounts)."""
+        for d in self.components.secrets:
+            if d in self.domains:
+                raise ValueError(f"components.secrets: {d} is one of the served domains")
+        return self
 
     @field_validator("storage")
     @classmethod
