@@ -80,6 +80,9 @@ max_bytes_per_second = 0
 [s2s]
 listen = ["127.0.0.1:{s2s}"]
 hosts = {{ "{peer}" = "127.0.0.1:{peer_s2s}" }}
+[http]
+listen = []
+tls_listen = []
 [limits]
 max_connections_per_ip = 0
 max_unauthenticated_per_ip = 0
@@ -168,6 +171,8 @@ def main() -> int:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+    if result.get("logins_ok") != args.pairs * 2:
+        print(f"only {result.get('logins_ok')} of {args.pairs * 2} logins: see the logs in {d}", file=sys.stderr)
     keep = {k: result.get(k) for k in ("logins_ok", "msgs_per_s", "latency_rate", "latency_sent", "p50_ms",
                                         "p90_ms", "p99_ms", "max_ms", "errors", "error_kinds",
                                         "msgs_server_cpu_pct", "latency_server_cpu_pct")}
