@@ -32,6 +32,7 @@ BUILTIN: dict[str, str] = {
     "smacks": "rookery.modules.stream_management:StreamManagement",
     "push": "rookery.modules.push:Push",
     "mam": "rookery.modules.mam:MAM",
+    "muc": "rookery.modules.muc:MUC",
 }
 
 
