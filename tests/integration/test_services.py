@@ -112,12 +112,14 @@ async def test_server_disco_info_lists_identity_and_every_module_feature(server)
         await disconnect(c)
 
 
-async def test_server_disco_items_is_empty(server):
+async def test_server_disco_items_are_the_services(server):
     jid, pw = server.make_user()
     c = await client(server, jid, pw, "xep_0030")
     try:
         iq = await c.plugin["xep_0030"].get_items(jid=server.domain)
-        assert list(iq["disco_items"]["items"]) == []
+        # the default modules' internal services: XEP-0045 group chat (module muc)
+        assert [(str(j), name) for j, _node, name in iq["disco_items"]["items"]] == [
+            (f"conference.{server.domain}", "Chatrooms")]
     finally:
         await disconnect(c)
 
