@@ -595,6 +595,7 @@ async def test_persistent_room_survives_restart():
         assert r.find(f".//{{{DISCO_INFO}}}identity").get("name") == "Kept"
         got = await join(b, f"kept@{CONF}/Member")
         assert got[-1].findtext(C + "subject") == "Saved"
+        assert [e.findtext(C + "body") for e in got if e.findtext(C + "body")] == ["before restart"]
         r = await iq(b, f"kept@{CONF}", "set", f"<query xmlns='{MAM}'/>")
         assert r.get("type") == "result"
         c = await login(s)

@@ -157,11 +157,24 @@ class MUC(Module):
                     continue
                 jid = f"{local}@{service}"
                 try:
-                    self.rooms[jid] = Room.loads(jid, data, mh)
+                    room = self.rooms[jid] = Room.loads(jid, data, mh)
                 except (ValueError, KeyError, TypeError):
                     self.log.warning("unreadable stored room %s", jid)
+                    continue
+                if room.config.logging and room.config.history_length:
+                    await self._restore_history(room, service, local)
         if self.rooms:
             self.log.info("restored %d persistent rooms", len(self.rooms))
+
+    async def _restore_history(self, room: Room, service: str, local: str) -> None:
+        """A persistent room's history after a restart: its latest archived messages."""
+        for item in reversed(await self.archive.query(service, local, limit=room.config.history_length,
+                                                      reverse=True)):
+            try:
+                el = fromstring(item.value)
+            except ParseError:
+                continue
+            room.history.append((item.when, el, len(item.value)))
 
     async def stop(self) -> None:
         if self._flush_handle is not None:
