@@ -44,6 +44,7 @@ class MucConn(Conn):
             self.buf = data[end:]
             data = data[:end]
         bench: MucBench = self.bench  # type: ignore[assignment]
+        bench.last_rx = time.monotonic()
         j = self.joined
         if j is not None and not j.done() and (b"<subject" in data):
             j.set_result(None)
@@ -73,6 +74,7 @@ class MucBench(Bench):
         self.window = max(1, args.window)
         self.refill_batch = 1
         self.room = f"{args.room}@{args.service}"
+        self.last_rx = 0.0
 
     async def join_all(self) -> None:
         conns = [self.conns[i] for i in sorted(self.conns)]
@@ -103,6 +105,11 @@ class MucBench(Bench):
         await asyncio.gather(*(join(c) for c in conns[1:]))
         self.result["join_wall_s"] = round(time.monotonic() - t0, 2)
         log(f"{len(conns)} occupants joined in {self.result['join_wall_s']} s")
+        # the join presences (N * N / 2 of them) may still be on their way: wait for a quiet second
+        deadline = time.monotonic() + 600
+        while time.monotonic() - self.last_rx < 1.0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        self.result["join_quiet_s"] = round(time.monotonic() - t0, 2)
         await asyncio.sleep(self.args.settle)
         self.received = 0
 

@@ -19,7 +19,6 @@ import hmac
 import secrets
 import time
 from collections.abc import Awaitable, Iterable
-from copy import copy
 from datetime import datetime
 from typing import Any, Literal
 from xml.etree.ElementTree import Element, ParseError, SubElement, fromstring
@@ -101,6 +100,15 @@ def _x_user(*children: Element) -> Element:
 def _status(x: Element, codes: Iterable[str]) -> None:
     for c in codes:
         SubElement(x, f"{{{MUC_USER}}}status", code=c)
+
+
+def _clone(el: Element) -> Element:
+    """A copy with its own attributes and child list (the children shared).  Not ``copy.copy``: the C
+    ``Element.__copy__`` shares the attribute dict."""
+    out = Element(el.tag, el.attrib)
+    out.text = el.text
+    out.extend(el)
+    return out
 
 
 def _parse_time(s: str) -> float | None:
@@ -229,7 +237,7 @@ class MUC(Module):
             if ref is not None:
                 local.append((ref, to))
             else:
-                c = copy(el)
+                c = _clone(el)
                 c.set("to", to)
                 self._route(c)
         if local:
@@ -416,7 +424,7 @@ class MUC(Module):
         if (existing is None and room.config.max_users and len(room.occupants) >= room.config.max_users
                 and aff not in ("owner", "admin")):
             raise StanzaError("service-unavailable", "the room is full")
-        pres = copy(st.el)
+        pres = _clone(st.el)
         if existing is not None:  # another session of the same user under the same nick
             occ = existing
         else:
@@ -484,7 +492,7 @@ class MUC(Module):
             chars += n
             chosen.append((when, el))
         for when, el in reversed(chosen):
-            c = copy(el)
+            c = _clone(el)
             SubElement(c, _DELAY, {"stamp": format_datetime(when, fraction=True), "from": room.jid})
             self._fanout(c, [real])
 
@@ -497,7 +505,7 @@ class MUC(Module):
         self._fanout(m, [real])
 
     def _update_presence(self, room: Room, occ: Occupant, real: str, el: Element) -> None:
-        pres = copy(el)
+        pres = _clone(el)
         occ.sessions[real] = pres
         occ.sessions[real] = occ.sessions.pop(real)  # the most recent session last
         occ.presence = pres
