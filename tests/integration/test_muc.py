@@ -230,10 +230,13 @@ async def test_room_creation_policy_and_limit(rookery_server_factory):
     await create(boss, f"r2@{CONF}", "boss")  # admins are not limited
     await u.close()
     await boss.close()
-    s2 = rookery_server_factory(muc={"room_creation": "local", "max_rooms_per_user": 1})
+    # another subdomain
+    s2 = rookery_server_factory(muc={"room_creation": "local", "max_rooms_per_user": 1, "subdomain": "chat"})
     v = await login(s2)
-    await create(v, f"r1@{CONF}", "v")
-    assert await join_error(v, f"r2@{CONF}/v") == "policy-violation"
+    r = await iq(v, "localhost", "get", f"<query xmlns='{DISCO_ITEMS}'/>")
+    assert [i.get("jid") for i in r.iter(f"{{{DISCO_ITEMS}}}item")] == ["chat.localhost"]
+    await create(v, "r1@chat.localhost", "v")
+    assert await join_error(v, "r2@chat.localhost/v") == "policy-violation"
     await v.close()
 
 

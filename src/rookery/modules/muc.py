@@ -74,6 +74,8 @@ FLUSH_DELAY = 0.02
 class MUCOptions(Options):
     """``[muc]`` (or ``[modules.muc]``)."""
 
+    #: the service's subdomain: rooms are ``room@<subdomain>.<domain>`` (server-wide; not per domain)
+    subdomain: str = Field("conference", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
     #: who may create rooms: "anyone", "local" (accounts of this server), "admins" (top-level admins)
     room_creation: Literal["anyone", "local", "admins"] = "local"
     #: the longest history a room may keep (muc#maxhistoryfetch is capped by it)
@@ -128,6 +130,9 @@ class MUC(Module):
 
     def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
+        # the module manager reads the instance's subdomain when it adds the service routes
+        opts: MUCOptions = ctx.options  # type: ignore[assignment]
+        self.subdomain = opts.subdomain  # type: ignore[misc]
         self.rooms: dict[str, Room] = {}  # bare room JID -> room
         self.store = ctx.open_store("rooms", "map")
         self.archive = ctx.open_store("archive", "archive")
