@@ -571,6 +571,14 @@ async def test_disco_and_room_archive(rookery_server):
     b = await login(rookery_server)
     r = await iq(b, room, "set", f"<query xmlns='{MAM}'/>")
     assert error_condition(r) == "forbidden"
+    # a temporary room goes with its last occupant, and its archive with it: a new room of that name
+    # starts empty
+    a.send(f"<presence to='{room}/Alice' type='unavailable'/>")
+    await a.recv_until(lambda e: e.get("from") == f"{room}/Alice" and e.get("type") == "unavailable")
+    await create(a, room, "Alice")
+    a.send(f"<iq type='set' to='{room}' id='mq3'><query xmlns='{MAM}'/></iq>")
+    got = await a.collect_until(lambda g: bool(g) and g[-1].get("id") == "mq3")
+    assert [e for e in got if e.find(f"{{{MAM}}}result") is not None] == []
     await a.close()
     await b.close()
 

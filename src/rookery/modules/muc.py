@@ -581,9 +581,17 @@ class MUC(Module):
         self._maybe_drop(room)
 
     def _maybe_drop(self, room: Room) -> None:
+        """A temporary room goes when its last occupant leaves, and its archive with it."""
         if not room.occupants and not room.config.persistent:
             room.destroyed = True
             self.rooms.pop(room.jid, None)
+            service, local = room.jid.partition("@")[2], room.jid.partition("@")[0]
+            self.ctx.spawn(self._drop_archive(service, local))
+
+    async def _drop_archive(self, service: str, local: str) -> None:
+        before = time.time()  # not what a new room of the same name archives meanwhile
+        await self.flush()
+        await self.archive.delete(service, local, before=before)
 
     @hook("session-ended")
     def session_ended(self, session: Any) -> None:
@@ -907,7 +915,7 @@ class MUC(Module):
         self.rooms.pop(room.jid, None)
         self._save(room)
         service, local = room.jid.partition("@")[2], room.jid.partition("@")[0]
-        self.ctx.spawn(self.archive.delete(service, local))
+        self.ctx.spawn(self._drop_archive(service, local))
 
     # -- admin: roles and affiliations (§8, §9, §10) ------------------------------------------
     @iq_handler("get", MUC_ADMIN, "query", to="bare", on="service")
@@ -1211,12 +1219,14 @@ class MUC(Module):
         for given in (after, before):
             if given is not None and await self.archive.get(service, local, given) is None:
                 raise StanzaError("item-not-found", "no such id in the archive")
-        filters: dict[str, Any] = {"with_": q.with_, "start": q.start, "end": q.end}
+        # nothing from an earlier room of the same name (a temporary room's archive outlives it after a crash)
+        start = room.created if q.start is None else max(q.start, room.created)
+        filters: dict[str, Any] = {"with_": q.with_, "start": start, "end": q.end}
         if q.ids is not None:
             rows = []
             for i in dict.fromkeys(q.ids):
                 item = await self.archive.get(service, local, i)
-                if item is None:
+                if item is None or item.when < room.created:
                     raise StanzaError("item-not-found", "no such id in the archive")
                 rows.append(item)
             rows.sort(key=lambda i: i.when)
