@@ -533,6 +533,8 @@ async def test_disco_and_room_archive(rookery_server):
     r = await iq(a, CONF, "get", f"<query xmlns='{DISCO_INFO}'/>")
     assert r.find(f".//{{{DISCO_INFO}}}identity").get("category") == "conference"
     assert MUC in {f.get("var") for f in r.iter(f"{{{DISCO_INFO}}}feature")}
+    r = await iq(a, CONF, "get", f"<unique xmlns='{MUC}#unique'/>")
+    assert len(r.findtext(f"{{{MUC}#unique}}unique") or "") >= 8
     r = await iq(a, CONF, "get", f"<query xmlns='{DISCO_ITEMS}'/>")
     names = {i.get("jid"): i.get("name") for i in r.iter(f"{{{DISCO_ITEMS}}}item")}
     assert names[room] == "Public Lounge (1)"

@@ -59,6 +59,7 @@ SID = "urn:xmpp:sid:0"
 PING = "urn:xmpp:ping"
 REGISTER = "jabber:iq:register"
 CONFERENCE = "jabber:x:conference"
+UNIQUE = "http://jabber.org/protocol/muc#unique"
 _SID_TAG = f"{{{SID}}}stanza-id"
 _OID_TAG = f"{{{OCCUPANT_ID}}}occupant-id"
 _MUC_X = f"{{{NS_MUC}}}x"
@@ -1123,9 +1124,22 @@ class MUC(Module):
             raise StanzaError("item-not-found", "no such node")
         q = Element(f"{{{ns.DISCO_INFO}}}query")
         SubElement(q, f"{{{ns.DISCO_INFO}}}identity", category="conference", type="text", name="Chatrooms")
-        for f in (ns.DISCO_INFO, ns.DISCO_ITEMS, NS_MUC, OCCUPANT_ID):
+        for f in (ns.DISCO_INFO, ns.DISCO_ITEMS, NS_MUC, UNIQUE, OCCUPANT_ID):
             SubElement(q, f"{{{ns.DISCO_INFO}}}feature", var=f)
         return st.result(q)
+
+    @iq_handler("get", UNIQUE, "unique", to="host", on="service")
+    def unique_name(self, st: Stanza) -> Element:
+        """§10.1.4: a room name nobody uses."""
+        to = st.to
+        assert to is not None
+        while True:
+            name = secrets.token_hex(8)
+            if f"{name}@{to.domain}" not in self.rooms:
+                break
+        u = Element(f"{{{UNIQUE}}}unique")
+        u.text = name
+        return st.result(u)
 
     @iq_handler("get", ns.DISCO_ITEMS, "query", to="host", on="service")
     def service_items(self, st: Stanza) -> Element:
