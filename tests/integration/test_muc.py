@@ -349,6 +349,12 @@ async def test_self_ping_and_occupant_ids(rookery_server):
     m2 = await got_body(a, "id2")
     oid_b = m1.find(f"{{{OID}}}occupant-id").get("id")
     assert oid_b != m2.find(f"{{{OID}}}occupant-id").get("id")
+    # a join from a session already in: the room state again (others, self-presence, subject)
+    await quiet(a, b)
+    got = await join(b, f"{room}/Bob")
+    assert [e.get("from") for e in got if e.tag == C + "presence"][0] == f"{room}/Alice"
+    assert any(is_self(e, f"{room}/Bob") for e in got)
+    await quiet(a, b)
     # a forged occupant id is replaced
     b.send(f"<message to='{room}' type='groupchat'><body>forge</body><occupant-id xmlns='{OID}' id='fake'/></message>")
     m3 = await got_body(a, "forge")

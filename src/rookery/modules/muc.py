@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 from xml.etree.ElementTree import Element, ParseError, SubElement, fromstring
@@ -93,13 +93,6 @@ class MUCOptions(Options):
     default_public: bool = True
 
 
-def _x_user(*children: Element) -> Element:
-    x = Element(_USER_X)
-    for c in children:
-        x.append(c)
-    return x
-
-
 def _status(x: Element, codes: Iterable[str]) -> None:
     for c in codes:
         SubElement(x, f"{{{MUC_USER}}}status", code=c)
@@ -143,8 +136,6 @@ class MUC(Module):
         self._joined: dict[str, set[str]] = {}
         self._pending: list[tuple[str, str, ArchiveItem]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._flushing: asyncio.Task[None] | None = None
-        self._voice_requests: dict[str, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def service_domains(self) -> list[str]:
@@ -372,6 +363,8 @@ class MUC(Module):
             shown, key = enforce_nick(to.resource)
             if key != occ.key:
                 self._change_nick(room, occ, real, shown, key)
+            elif st.el.find(_MUC_X) is not None:
+                self._rejoin(room, occ, real, st.el)
             else:
                 self._update_presence(room, occ, real, st.el)
             return
@@ -509,6 +502,20 @@ class MUC(Module):
         if room.subject_time:
             SubElement(m, _DELAY, {"stamp": format_datetime(room.subject_time), "from": room.jid})
         self._fanout(m, [real])
+
+    def _rejoin(self, room: Room, occ: Occupant, real: str, el: Element) -> None:
+        """A join from a session that is already in (its client lost track, e.g. after reconnecting
+        with stream resumption): the room state again, as for a join, to that session only."""
+        occ.sessions[real] = occ.presence = _clone(el)
+        for o in room.occupants.values():
+            if o is not occ:
+                p = self._presence_of(room, o, with_jid=o.jid if room.config.whois == "anyone"
+                                      or occ.role == "moderator" else None)
+                self._fanout(p, [real])
+        codes = ["100"] if room.config.whois == "anyone" else []
+        self._broadcast_presence(room, occ, self_codes=codes)
+        self._send_history(room, real, el.find(_MUC_X))
+        self._send_subject(room, real)
 
     def _update_presence(self, room: Room, occ: Occupant, real: str, el: Element) -> None:
         pres = _clone(el)
@@ -1168,8 +1175,6 @@ class MUC(Module):
                  "muc_moderated" if c.moderated else "muc_unmoderated",
                  "muc_nonanonymous" if c.whois == "anyone" else "muc_semianonymous",
                  "muc_passwordprotected" if c.password else "muc_unsecured"]
-        if room.locked:
-            feats.append("muc_unsecured")
         if c.logging:
             feats.append(MAM)
         for feat in dict.fromkeys(feats):
@@ -1276,13 +1281,6 @@ class MUC(Module):
             SubElement(rs, f"{{{RSM}}}first").text = rows[0].id
             SubElement(rs, f"{{{RSM}}}last").text = rows[-1].id
         return st.result(fin)
-
-    # -- for operators and tests ----------------------------------------------------------------
-    def room_count(self) -> int:
-        return len(self.rooms)
-
-    def pending(self) -> Awaitable[None]:
-        return self.flush()
 
 
 __all__ = ["MUC", "MUCOptions", "ROOMCONFIG"]
