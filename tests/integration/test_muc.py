@@ -359,6 +359,19 @@ async def test_self_ping_and_occupant_ids(rookery_server):
     b.send(f"<message to='{room}' type='groupchat'><body>forge</body><occupant-id xmlns='{OID}' id='fake'/></message>")
     m3 = await got_body(a, "forge")
     assert [o.get("id") for o in m3.findall(f"{{{OID}}}occupant-id")] == [oid_b]
+    # broadcast unavailable presence (RFC 6121 §4.5.2: to directed-presence recipients too) leaves
+    b.send("<presence type='unavailable'/>")
+    gone = await a.recv_until(lambda e: e.get("from") == f"{room}/Bob")
+    assert gone.get("type") == "unavailable"
+    # presence error from an occupant's JID removes it (status 333)
+    c = await login(rookery_server)
+    await join(c, f"{room}/Carol")
+    await quiet(a)
+    c.send(f"<presence to='{room}/Carol' type='error'><error type='cancel'>"
+           "<remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>")
+    gone = await a.recv_until(lambda e: e.get("from") == f"{room}/Carol")
+    assert gone.get("type") == "unavailable" and "333" in codes(gone)
+    await c.close()
     await a.close()
     await b.close()
 
