@@ -340,7 +340,17 @@ async def test_self_ping_and_occupant_ids(rookery_server):
     c = await login(rookery_server)
     r = await iq(c, f"{room}/Bob", "get", "<ping xmlns='urn:xmpp:ping'/>")
     assert error_condition(r) == "not-acceptable"
+    r = await iq(c, f"{room}/Bob", "get", "<vCard xmlns='vcard-temp'/>")
+    assert error_condition(r) == "not-acceptable"
     await c.close()
+    # an occupant's vCard: relayed from the occupant's account, answered from the occupant JID
+    b.send("<iq type='set' id='vc1'><vCard xmlns='vcard-temp'><FN>Bob B.</FN></vCard></iq>")
+    await b.recv_until(lambda e: e.get("id") == "vc1")
+    r = await iq(a, f"{room}/Bob", "get", "<vCard xmlns='vcard-temp'/>")
+    assert r.get("type") == "result" and r.get("from") == f"{room}/Bob"
+    assert r.findtext("{vcard-temp}vCard/{vcard-temp}FN") == "Bob B."
+    r = await iq(a, f"{room}/Nobody", "get", "<vCard xmlns='vcard-temp'/>")
+    assert error_condition(r) == "item-not-found"
     # occupant id stable for one user across sessions, different between users
     await quiet(a, b)
     await groupchat(b, room, "id1")

@@ -70,6 +70,7 @@ _DELAY = f"{{{ns.DELAY}}}delay"
 _STRIP = frozenset((_OID_TAG,))
 
 FLUSH_DELAY = 0.02
+MAX_RELAYED = 10_000  # iq requests relayed to occupants and not answered yet
 
 
 class MUCOptions(Options):
@@ -136,6 +137,8 @@ class MUC(Module):
         self._joined: dict[str, set[str]] = {}
         self._pending: list[tuple[str, str, ArchiveItem]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
+        #: relayed iq id -> (requester's real JID, its iq id, the occupant JID the answer comes from)
+        self._relayed: dict[str, tuple[str, str, str]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def service_domains(self) -> list[str]:
@@ -819,6 +822,48 @@ class MUC(Module):
         if key not in room.occupants:
             raise StanzaError("item-not-found", "no such occupant")
         return st.result()
+
+    # -- vCards of occupants: forwarded to the occupant's bare JID -----------------------------
+    @iq_handler("get", ns.VCARD, "vCard", to="full", on="service")
+    def occupant_vcard(self, st: Stanza) -> None:
+        """An occupant's vCard (XEP-0054 to ``room@service/nick``): the room asks the occupant's
+        account as the requesting occupant, and relays the answer, so that real JIDs stay hidden."""
+        room = self._room(st)
+        frm, to = st.from_, st.to
+        assert frm is not None and to is not None and to.resource is not None
+        sender = room.occupant_of(frm.full)
+        if sender is None:
+            raise StanzaError("not-acceptable", "join the room first")
+        target = room.occupants.get(enforce_nick(to.resource)[1])
+        if target is None:
+            raise StanzaError("item-not-found", "no such occupant")
+        if len(self._relayed) >= MAX_RELAYED:  # answers that never came
+            self._relayed.pop(next(iter(self._relayed)))
+        rid = secrets.token_hex(8)
+        self._relayed[rid] = (frm.full, st.id or "", f"{room.jid}/{target.nick}")
+        fwd = Element("iq", {"type": "get", "id": rid, "from": f"{room.jid}/{sender.nick}", "to": target.bare})
+        fwd.append(st.el[0])
+        self._route(fwd)
+        return None
+
+    @hook("iq-result/full", on="service")
+    def relayed_result(self, st: Stanza) -> bool:
+        return self._relay_back(st)
+
+    @hook("iq-error/full", on="service")
+    def relayed_error(self, st: Stanza) -> bool:
+        return self._relay_back(st)
+
+    def _relay_back(self, st: Stanza) -> bool:
+        pending = self._relayed.pop(st.id or "", None)
+        if pending is None:
+            return False
+        requester, orig_id, occupant = pending
+        reply = Element("iq", {"type": st.type, "id": orig_id, "from": occupant, "to": requester})
+        for c in st.el:
+            reply.append(c)
+        self._route(reply)
+        return True
 
     # -- owner: configuration and destruction (§10) ------------------------------------------
     def _require(self, room: Room, frm: JID | None, least: str) -> str:
