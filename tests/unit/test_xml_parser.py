@@ -452,3 +452,21 @@ def test_endless_prolog_is_bounded():
         for _ in range(1000):
             rec.feed(b" " * 64)
     assert info.value.condition == "policy-violation"
+
+
+# -- a markup declaration after the stream header (issue F8) ---------------------------------------
+@pytest.mark.parametrize("decl", [b"<!DOCTYPE x>", b"<!ENTITY a 'b'>", b"<!ELEMENT x ANY>", b"<!x"])
+@pytest.mark.parametrize("before", [b"", b"\n  ", "<message><body>\u00e9t\u00e9</body></message>\n".encode()])
+def test_markup_declaration_mid_stream_is_restricted_xml(decl, before):
+    """RFC 6120 §11.1: a DTD is restricted XML wherever it appears, whatever the chunking."""
+    data = (HEADER, MESSAGE, before, decl)
+    assert stream_error(*data).condition == "restricted-xml"
+    assert stream_error(*data, bytewise=True).condition == "restricted-xml"
+    assert stream_error(b"".join(data)).condition == "restricted-xml"
+
+
+def test_other_invalid_tokens_mid_stream_stay_not_well_formed():
+    for bad in (b"<message><<", b"<message>\xff</message>", b"<message>&;</message>"):
+        assert stream_error(HEADER, bad).condition in ("not-well-formed", "restricted-xml")
+    assert stream_error(HEADER, b"<message><<!DOCTYPE x>").condition == "not-well-formed"
+    assert stream_error(HEADER, "<message>\u00e9<".encode(), b"a b='1' b='2'/>").condition == "not-well-formed"

@@ -37,6 +37,13 @@ _XML_DECL_FULL = re.compile(  # what expat accepts as an XML declaration
 _MAX_PROLOG = 4096
 _BOM = b"\xef\xbb\xbf"
 _SLICE = 4096  # larger chunks are fed in slices of this size (see StreamParser)
+_INVALID_TOKEN = 4  # expat: "not well-formed (invalid token)", also what a markup declaration mid-stream gets
+_CONTINUATION = bytes(range(0x80, 0xC0))  # UTF-8 continuation bytes: deleting them leaves one byte per char
+
+
+def _chars(data: bytes) -> int:
+    """Characters in UTF-8 ``data`` as expat counts columns (lead bytes; a split character counts once)."""
+    return len(data) if data.isascii() else len(data.translate(None, _CONTINUATION))
 
 
 class XMLStreamError(Exception):
@@ -102,6 +109,7 @@ class StreamParser:
     __slots__ = (
         "_parser", "_on_open", "_on_stanza", "_on_close", "_depth", "_root", "_nsmap",
         "_prefix", "_plen", "_pending", "max_stanza_size", "max_depth", "_size", "_closed",
+        "_lines", "_line_chars", "_tail", "_chunk",
     )
 
     def __init__(
@@ -131,6 +139,12 @@ class StreamParser:
         self.max_depth = max_depth
         self._size = 0  # bytes since the last stanza boundary; -1: a boundary in the current slice
         self._closed = False
+        # where the chunk being parsed starts, in expat's terms (to name the error at a position):
+        # newlines before it, characters since the last of them, and the previous chunk's last bytes
+        self._lines = 0
+        self._line_chars = 0
+        self._tail = b""
+        self._chunk = b""
 
     @property
     def depth(self) -> int:
@@ -146,14 +160,52 @@ class StreamParser:
             return
         if self._pending is not None:
             self._check_prolog(data)
+        self._chunk = data
         if len(data) <= _SLICE:
             self._feed(data)
-            return
-        view = memoryview(data)  # slicing keeps the size accounting within _SLICE bytes, at no cost
-        for i in range(0, len(data), _SLICE):
-            self._feed(view[i : i + _SLICE])
-            if self._closed:
-                return
+        else:
+            view = memoryview(data)  # slicing keeps the size accounting within _SLICE bytes, at no cost
+            for i in range(0, len(data), _SLICE):
+                self._feed(view[i : i + _SLICE])
+                if self._closed:
+                    break
+        # position bookkeeping: two C scans of the chunk (count, rfind), a third when it is not ASCII
+        nl = data.count(b"\n")
+        if nl:
+            self._lines += nl
+            self._line_chars = _chars(data[data.rfind(b"\n") + 1:])
+        else:
+            self._line_chars += _chars(data)
+        self._tail = (self._tail + data[-2:])[-2:]
+        self._chunk = b""
+
+    def _markup_declaration_at(self, line: int, column: int) -> bool:
+        """Whether expat's error at (``line``, ``column``: 1-based, in characters) is the ``!`` of a
+        ``<!`` in the chunk being parsed (or just before it): a DOCTYPE, ENTITY … declaration after
+        the stream header, which RFC 6120 §11.1 calls restricted XML, not merely ill-formed."""
+        data = bytes(self._chunk)
+        if line == self._lines + 1:
+            start, n = 0, column - 1 - self._line_chars
+        else:
+            start = -1
+            for _ in range(line - self._lines - 1):
+                start = data.find(b"\n", start + 1)
+                if start < 0:
+                    return False
+            start, n = start + 1, column - 1
+        if n < 0:  # the "!" ended the previous chunk (expat waited to see "<!--" or "<![CDATA[")
+            return n == -1 and self._tail == b"<!"
+        i, count = start, 0
+        while i < len(data):  # the byte of the n-th character from start
+            if not 0x80 <= data[i] < 0xC0:
+                if count == n:
+                    break
+                count += 1
+            i += 1
+        else:
+            return False
+        before = data[i - 1 : i] if i > 0 else self._tail[-1:]
+        return data[i : i + 1] == b"!" and before == b"<"
 
     def _feed(self, data: bytes | memoryview) -> None:
         self._parser.feed(data)
@@ -231,6 +283,8 @@ class StreamParser:
             code = getattr(e, "code", 0)
             if code in _RESTRICTED_CODES:
                 raise XMLStreamError("restricted-xml", str(e)) from None
+            if code == _INVALID_TOKEN and self._pending is None and self._markup_declaration_at(*e.position):
+                raise XMLStreamError("restricted-xml", "markup declarations are not allowed in XMPP") from None
             raise XMLStreamError("not-well-formed", str(e)) from None
 
     def close(self) -> None:
