@@ -16,7 +16,7 @@ from .jid import InvalidJID, nameprep
 DEFAULT_MODULES = [
     "roster", "presence", "disco", "caps", "ping", "version", "time", "last", "vcard", "private",
     "offline", "session", "register", "contact_info", "carbons", "csi", "blocking", "smacks", "push",
-    "mam",
+    "mam", "pubsub", "pep",
 ]
 
 

@@ -32,6 +32,8 @@ BUILTIN: dict[str, str] = {
     "smacks": "rookery.modules.stream_management:StreamManagement",
     "push": "rookery.modules.push:Push",
     "mam": "rookery.modules.mam:MAM",
+    "pubsub": "rookery.modules.pubsub:PubSub",
+    "pep": "rookery.modules.pep:PEP",
 }
 
 
