@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from xml.etree.ElementTree import Element
 
@@ -23,9 +24,19 @@ def new_id() -> str:
 
 
 async def iq(c: RawClient, type_: str, to: str | None, body: str, timeout: float = 5.0) -> Element:
+    """Send an iq and return its reply; other stanzas received meanwhile stay queued."""
     i = new_id()
     to_attr = f" to='{to}'" if to else ""
-    return await c.iq(f"<iq type='{type_}' id='{i}'{to_attr}>{body}</iq>", timeout)
+    c.send(f"<iq type='{type_}' id='{i}'{to_attr}>{body}</iq>")
+    others: list[Element] = []
+    try:
+        while True:
+            el = await c.recv(timeout)
+            if el.tag == "{jabber:client}iq" and el.get("id") == i:
+                return el
+            others.append(el)
+    finally:
+        c._queue[:0] = others
 
 
 async def ps(c: RawClient, type_: str, body: str, to: str | None = SERVICE, owner: bool = False) -> Element:
@@ -106,3 +117,4 @@ async def caps_presence(c: RawClient, features: list[str]) -> None:
     c.send(f"<iq type='result' id='{el.get('id')}' to='{el.get('from')}'>"
            f"<query xmlns='{DISCO_INFO}' node='{q.get('node')}'>{body}</query></iq>")
     c._queue[:0] = others
+    await asyncio.sleep(0.2)  # the server verifies and applies the answer

@@ -125,7 +125,14 @@ class Caps(Module):
         self._waiting: dict[str, list[Any]] = {}
         #: iq id of a disco#info query -> (the queried full JID, the answer's future)
         self._queries: dict[str, tuple[str, asyncio.Future[Element | None]]] = {}
-        self.hashes = ctx.open_store("hashes", "map")
+        self._hashes: Any = None
+
+    @property
+    def hashes(self) -> Any:
+        """The verified client ``ver``s (map store ``hashes``: host, "", ver -> features as JSON)."""
+        if self._hashes is None:
+            self._hashes = self.ctx.open_store("hashes", "map")
+        return self._hashes
 
     @property
     def disco(self) -> Any:
@@ -237,7 +244,7 @@ class Caps(Module):
             self.log.debug("client caps %s not verified", ver)
             return None  # §5.4 step 7: not cached
         features = sorted({f.get("var", "") for f in query.findall(_FEATURE)} - {""})
-        await self.hashes.set(host, "", ver, json.dumps(features))
+        self.ctx.spawn(self.hashes.set(host, "", ver, json.dumps(features)))
         return frozenset(features)
 
     @hook("iq-result/host", priority=50)

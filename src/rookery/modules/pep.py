@@ -72,6 +72,9 @@ class PEPEngine(PubSubEngine):
     def may_create(self, handle: ServiceHandle, requester: JID) -> bool:
         return requester.bare == handle.service.jid
 
+    def nodes_counted(self, handle: ServiceHandle, bare: str) -> int | None:
+        return len(handle.service.nodes)
+
     def default_config(self, handle: ServiceHandle) -> dict[str, Any]:
         cfg = super().default_config(handle)
         cfg["pubsub#access_model"] = "presence"

@@ -150,6 +150,12 @@ class PubSubEngine:
             return None
         return await self.ctx.storage.roster.get_item(o.domain, o.local, contact)
 
+    def nodes_counted(self, handle: ServiceHandle, bare: str) -> int | None:
+        """The nodes ``bare`` has against ``max_nodes_per_user`` (None: no limit for it)."""
+        if self.is_super(handle, bare):
+            return None
+        return sum(1 for n in handle.service.nodes.values() if n.affiliations.get(bare) == "owner")
+
     async def implicit_recipients(self, handle: ServiceHandle, node: Node) -> list[str]:
         """Full JIDs that get notifications without a subscription (PEP: ``+notify``)."""
         return []
@@ -396,9 +402,9 @@ class PubSubEngine:
         if not self.may_create(handle, frm):
             raise StanzaError("forbidden", "you may not create nodes here")
         limit = int(self.options(handle).max_nodes_per_user)
-        if limit and not self.is_super(handle, frm.bare):
-            owned = sum(1 for n in handle.service.nodes.values() if n.affiliations.get(frm.bare) == "owner")
-            if owned >= limit:
+        used = self.nodes_counted(handle, frm.bare)
+        if limit and used is not None:
+            if used >= limit:
                 raise StanzaError("resource-constraint", f"at most {limit} nodes per user", type="cancel")
 
     async def _create(self, request: Stanza, handle: ServiceHandle, frm: JID, el: Element,
