@@ -112,12 +112,14 @@ async def test_server_disco_info_lists_identity_and_every_module_feature(server)
         await disconnect(c)
 
 
-async def test_server_disco_items_is_empty(server):
+async def test_server_disco_items_are_the_services(server):
     jid, pw = server.make_user()
     c = await client(server, jid, pw, "xep_0030")
     try:
         iq = await c.plugin["xep_0030"].get_items(jid=server.domain)
-        assert list(iq["disco_items"]["items"]) == []
+        # the default modules' internal services: XEP-0060 publish-subscribe (module pubsub)
+        items = [(str(j), name) for j, _node, name in iq["disco_items"]["items"]]
+        assert (f"pubsub.{server.domain}", "Publish-Subscribe") in items
     finally:
         await disconnect(c)
 
@@ -130,7 +132,7 @@ async def test_own_account_disco_info_is_account_registered(server):
         assert r.get("type") == "result"
         q = r.find(f"{{{DISCO_INFO}}}query")
         idents = [(i.get("category"), i.get("type")) for i in q.findall(f"{{{DISCO_INFO}}}identity")]
-        assert idents == [("account", "registered")]
+        assert idents == [("account", "registered"), ("pubsub", "pep")]  # XEP-0163 §1
         features = {f.get("var") for f in q.findall(f"{{{DISCO_INFO}}}feature")}
         assert DISCO_INFO in features and "vcard-temp" in features
         assert "urn:xmpp:ping" not in features  # server-only feature

@@ -265,8 +265,9 @@ class Node:
         return next(reversed(self.items.values())) if self.items else None
 
     def to_dict(self) -> dict[str, Any]:
+        """Configuration and affiliations (subscriptions and items are stored one by one)."""
         return {"name": self.name, "config": self.config, "affiliations": self.affiliations,
-                "subscriptions": [s.to_dict() for s in self.subscriptions.values()], "created": self.created}
+                "created": self.created}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Node:

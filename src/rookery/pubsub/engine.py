@@ -472,10 +472,10 @@ class PubSubEngine:
             dropped.append(node.items.popitem(last=False)[1])
         await handle.store.save_node(node)
         for old in dropped:
-            await handle.store.delete_item(node, old.id)
+            await handle.store.delete_item(node, old.id, stored=was_persistent)
         if was_persistent and not node.persistent:
             for item_id in node.items:
-                await handle.store.delete_item(node, item_id)
+                await handle.store.delete_item(node, item_id, stored=True)
         elif node.persistent and not was_persistent:
             for item in node.items.values():
                 await handle.store.save_item(node, item)
@@ -551,11 +551,12 @@ class PubSubEngine:
             if state == "none":
                 if old is not None:
                     del node.subscriptions[jid]
-            elif old is None:
-                node.subscriptions[jid] = Subscription(jid, new_id(), "subscribed" if state != "pending" else "pending")
-            else:
-                old.state = "subscribed" if state != "pending" else "pending"
-        await handle.store.save_node(node)
+                    await handle.store.delete_subscription(node, jid)
+                continue
+            if old is None:
+                old = node.subscriptions[jid] = Subscription(jid, new_id())
+            old.state = "subscribed" if state != "pending" else "pending"
+            await handle.store.save_subscription(node, old)
         for jid, state in changes:
             self._send_subscription_state(handle, node, jid, state)
         return request.result()
@@ -594,6 +595,7 @@ class PubSubEngine:
             if aff == "outcast":
                 for sj in [sj for sj in node.subscriptions if _bare(sj) == jid]:
                     del node.subscriptions[sj]
+                    await handle.store.delete_subscription(node, sj)
         await handle.store.save_node(node)
         return request.result()
 
@@ -630,12 +632,12 @@ class PubSubEngine:
             pending = node.access_model == "authorize" and aff not in ("owner", "publisher", "member")
             sub = Subscription(jid, new_id(), "pending" if pending else "subscribed", deliver)
             node.subscriptions[jid] = sub
-            await handle.store.save_node(node)
+            await handle.store.save_subscription(node, sub)
             if pending:
                 self._ask_owners(handle, node, sub)
         elif opts is not None:
             sub.deliver = deliver
-            await handle.store.save_node(node)
+            await handle.store.save_subscription(node, sub)
         out = Element(_P + "pubsub")
         SubElement(out, _P + "subscription", node=name, jid=jid, subid=sub.subid, subscription=sub.state)
         if sub.state == "subscribed" and node.get("pubsub#send_last_published_item") != "never":
@@ -676,7 +678,7 @@ class PubSubEngine:
         node = self._node(handle, el.get("node"))
         sub = self._find_sub(node, frm, el)
         del node.subscriptions[sub.jid]
-        await handle.store.save_node(node)
+        await handle.store.delete_subscription(node, sub.jid)
         return request.result()
 
     async def _options_get(self, request: Stanza, handle: ServiceHandle, frm: JID, el: Element,
@@ -695,7 +697,7 @@ class PubSubEngine:
         if el.find(X) is None:
             raise pubsub_error("bad-request", "invalid-options")
         sub.deliver = self._parse_sub_options(el)
-        await handle.store.save_node(node)
+        await handle.store.save_subscription(node, sub)
         return request.result()
 
     # -- §6.5 items ------------------------------------------------------------------------------
@@ -840,9 +842,10 @@ class PubSubEngine:
                 return True
             if allow:
                 sub.state = "subscribed"
+                await handle.store.save_subscription(node, sub)
             else:
                 del node.subscriptions[jid]
-            await handle.store.save_node(node)
+                await handle.store.delete_subscription(node, jid)
         self._send_subscription_state(handle, node, jid, "subscribed" if allow else "none")
         if allow and node.get("pubsub#send_last_published_item") != "never":
             last = node.last_item()

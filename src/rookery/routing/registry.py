@@ -13,11 +13,15 @@ One dict lookup finds a full JID; one more the resources of a bare JID.
 from __future__ import annotations
 
 from collections.abc import Callable
+from copy import copy
 from typing import Any, Protocol
 from xml.etree.ElementTree import Element
 
 from ..jid import JID
-from ..xml.serializer import serialize
+from ..xml.serializer import escape_attr, serialize
+
+#: the place of ``to`` in a template serialization (NUL never occurs in XML text or attributes)
+_SLOT = "\x00"
 
 
 class SessionRef(Protocol):
@@ -82,6 +86,11 @@ class SessionRegistry(Protocol):
 
     def deliver_many(self, refs: list[SessionRef], el: Element) -> None:
         """To several sessions, serialized once when no outbound filter is installed."""
+        ...
+
+    def deliver_each(self, targets: list[tuple[SessionRef, str]], el: Element) -> None:
+        """``el`` to each session, addressed ``to`` the paired JID (group chat fan-out, XEP-0045): the
+        element is serialized once with a slot for ``to`` when no outbound filter is installed."""
         ...
 
     def close(self, ref: SessionRef, condition: str | None = None, text: str | None = None) -> None: ...
@@ -151,6 +160,24 @@ class LocalSessionRegistry:
         data = serialize(el)
         for r in refs:
             r.send_data(data, el)  # type: ignore[attr-defined]
+
+    def deliver_each(self, targets: list[tuple[SessionRef, str]], el: Element) -> None:
+        if len(targets) == 1 or self._filters:
+            for r, to in targets:
+                c = copy(el)  # shallow: a new attribute dict, the children shared
+                c.set("to", to)
+                r.send(c)  # type: ignore[attr-defined]
+            return
+        el.set("to", _SLOT)
+        head, _, tail = serialize(el).partition(_SLOT)
+        for r, to in targets:
+            s: Any = r
+            if s.attached:
+                s.send_data(head + escape_attr(to) + tail)
+            else:  # queued as an element (XEP-0198 resumption, re-routing at the session's end)
+                c = copy(el)
+                c.set("to", to)
+                s.send(c)
 
     def close(self, ref: SessionRef, condition: str | None = None, text: str | None = None) -> None:
         s: Any = ref
