@@ -3,6 +3,7 @@ c2s streams over in-memory transports (the same harness as hotpath.py); the publ
 publishes at once and we time until every subscriber has every notification written to its transport.
 Reports notifications delivered per second, for a persistent node (each publish also writes the item
 to SQLite) and a transient one.
+PER_RECIPIENT=1 serializes each notification separately (the path without SessionRegistry.deliver_each).
 Usage: taskset -c 1 .venv/bin/python bench/pubsub_bench.py [N=1000] [K=200] [ROUNDS=3]   (docs/performance.md)"""
 
 import asyncio
@@ -75,6 +76,10 @@ async def main(n, k, rounds):
         "http": {"listen": [], "tls_listen": []},
         "c2s": {"listen": [], "direct_tls_listen": [], "require_encryption": False, "allow_plaintext_auth": True,
                 "max_bytes_per_second": 0, "keepalive_interval": 0}})
+    if os.environ.get("PER_RECIPIENT"):  # for comparison: one serialization per subscriber
+        from rookery.routing.registry import LocalSessionRegistry
+
+        LocalSessionRegistry.deliver_each = None  # type: ignore[assignment,method-assign]
     srv = Server(cfg)
     await srv.start()
     creds = make_credentials("pw", iterations=4096)
