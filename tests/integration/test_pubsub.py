@@ -405,3 +405,30 @@ async def test_slixmpp_clients_use_the_service(rookery_server):
         await ca.plugin["xep_0060"].delete_node(SERVICE, node)
     finally:
         await disconnect(ca, cb)
+
+
+async def test_deleting_an_account_removes_its_nodes_subscriptions_and_pep_data(rookery_server):
+    a, ca, b, cb = await two(rookery_server, presence=False)
+    mine, shared = "gone-" + new_id(), "kept-" + new_id()
+    try:
+        ok(await ps(ca, "set", f"<create node='{mine}'/>"))
+        ok(await ps(cb, "set", f"<create node='{shared}'/>"))
+        ok(await ps(ca, "set", f"<subscribe node='{shared}' jid='{a}'/>"))
+        ok(await ps(ca, "set", "<publish node='urn:test:pep'><item><p xmlns='urn:t'/></item></publish>", to=None))
+        r = await iq(ca, "set", None, "<query xmlns='jabber:iq:register'><remove/></query>")
+        assert r.get("type") == "result"
+        await asyncio.sleep(0.3)
+        assert err(await ps(cb, "get", f"<items node='{mine}'/>")) == ("item-not-found", None)
+        subs = ok(await ps(cb, "get", f"<subscriptions node='{shared}'/>", owner=True))
+        assert list(subs.iter(f"{{{OWNER}}}subscription")) == []
+        # the same name again is a new account: no PEP nodes
+        user, _, _ = a.partition("@")
+        a2, pa2 = rookery_server.make_user(user, "new-password-1")
+        c2 = await tls_login(rookery_server, a2, pa2)
+        try:
+            assert err(await ps(c2, "get", "<items node='urn:test:pep'/>", to=None)) == ("item-not-found", None)
+        finally:
+            await c2.close()
+    finally:
+        await ca.close()
+        await cb.close()

@@ -92,6 +92,14 @@ class PubSub(Module):
             return True
         return False
 
+    @hook("user-deleted")
+    async def user_deleted(self, host: str, user: str) -> None:
+        """A deleted account's subscriptions and affiliations go, and the nodes it alone owned."""
+        if not self.ctx.enabled_for(host):
+            return
+        handle = await self.engine.service(host, "", f"{self.subdomain}.{host}")
+        await self.engine.forget_entity(handle, f"{user}@{host}")
+
     # -- §5 service discovery --------------------------------------------------------------------
     @iq_handler("get", ns.DISCO_INFO, "query", to="host", on="service")
     async def disco_info(self, request: Stanza) -> Element:

@@ -192,6 +192,23 @@ class PubSubEngine:
     def forget(self, host: str, user: str) -> None:
         self._services.pop((host, user), None)
 
+    async def forget_entity(self, handle: ServiceHandle, bare: str) -> None:
+        """Remove ``bare``'s subscriptions and affiliations (an account was deleted); nodes it was the
+        only owner of are deleted, without notifications."""
+        async with handle.lock:
+            for node in list(handle.service.nodes.values()):
+                owners = node.owners()
+                if owners == [bare]:
+                    del handle.service.nodes[node.name]
+                    await handle.store.delete_node(node)
+                    continue
+                for jid in [j for j in node.subscriptions if _bare(j) == bare]:
+                    del node.subscriptions[jid]
+                    await handle.store.delete_subscription(node, jid)
+                if bare in node.affiliations:
+                    del node.affiliations[bare]
+                    await handle.store.save_node(node)
+
     # -- helpers ---------------------------------------------------------------------------------
     def affiliation(self, handle: ServiceHandle, node: Node, bare: str) -> str:
         if self.is_super(handle, bare):
