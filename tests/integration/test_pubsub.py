@@ -432,3 +432,25 @@ async def test_deleting_an_account_removes_its_nodes_subscriptions_and_pep_data(
     finally:
         await ca.close()
         await cb.close()
+
+
+async def test_publish_models(rookery_server):
+    a, ca, b, cb = await two(rookery_server, presence=False)
+    opened, subs = "open-" + new_id(), "subs-" + new_id()
+    item = "<item><p xmlns='urn:t'/></item>"
+    try:
+        ok(await ps(ca, "set", f"<create node='{opened}'/><configure>{config(publish_model='open')}</configure>"))
+        ok(await ps(ca, "set", f"<create node='{subs}'/><configure>{config(publish_model='subscribers')}</configure>"))
+        r = ok(await ps(cb, "set", f"<publish node='{opened}'>{item}</publish>"))
+        own = r.find(f".//{{{PS}}}item").get("id")
+        assert err(await ps(cb, "set", f"<publish node='{subs}'>{item}</publish>")) == ("forbidden", None)
+        ok(await ps(cb, "set", f"<subscribe node='{subs}' jid='{b}'/>"))
+        ok(await ps(cb, "set", f"<publish node='{subs}'>{item}</publish>"))
+        # a publisher by the open model retracts its own items, not the owner's
+        r = ok(await ps(ca, "set", f"<publish node='{opened}'>{item}</publish>"))
+        owners = r.find(f".//{{{PS}}}item").get("id")
+        assert err(await ps(cb, "set", f"<retract node='{opened}'><item id='{owners}'/></retract>")) == ("forbidden", None)
+        ok(await ps(cb, "set", f"<retract node='{opened}'><item id='{own}'/></retract>"))
+    finally:
+        await ca.close()
+        await cb.close()

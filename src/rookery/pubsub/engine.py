@@ -178,8 +178,10 @@ class PubSubEngine:
             await store.load(svc)
             h = ServiceHandle(svc, store, host, user)
             self._services[key] = h
-            while len(self._services) > self.cache_size:
-                self._services.popitem(last=False)
+            if len(self._services) > self.cache_size:
+                # the least recently used go, but never one a request is working on
+                for k in [k for k, v in self._services.items() if not v.lock.locked()][: len(self._services) - self.cache_size]:
+                    del self._services[k]
             fut.set_result(h)
             return h
         except BaseException as e:
