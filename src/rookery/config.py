@@ -16,7 +16,8 @@ from .jid import InvalidJID, nameprep
 DEFAULT_MODULES = [
     "roster", "presence", "disco", "caps", "ping", "version", "time", "last", "vcard", "private",
     "offline", "session", "register", "contact_info", "carbons", "csi", "blocking", "smacks", "push",
-    "mam", "pubsub", "pep",
+    "mam", "upload", "proxy65", "external_services", "websocket", "bosh", "http_discovery", "web_client",
+    "pubsub", "pep",
 ]
 
 
@@ -63,6 +64,35 @@ class S2SConfig(_Section):
     _v_listen = field_validator("listen")(_check_listen)
 
 
+class ComponentsConfig(_Section):
+    """``[components]``: external components (XEP-0114), e.g. gateways such as biboumi."""
+
+    #: where components connect; only listened on when ``secrets`` names at least one component
+    listen: list[str] = ["127.0.0.1:5347"]
+    #: component domain -> its shared secret (the ``<handshake/>`` password)
+    secrets: dict[str, str] = {}
+
+    _v_listen = field_validator("listen")(_check_listen)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for domain, secret in v.items():
+            try:
+                d = nameprep(domain)
+            except InvalidJID as e:
+                raise ValueError(f"{domain!r} is not a valid domain ({e})") from None
+            if "@" in d or "/" in d:
+                raise ValueError(f"{domain!r} is not a domain (a component serves a whole domain)")
+            if d in out:
+                raise ValueError(f"{domain!r} is given twice")
+            if not secret:
+                raise ValueError(f"{domain!r}: the secret must not be empty")
+            out[d] = secret
+        return out
+
+
 class HTTPConfig(_Section):
     """``[http]``: the HTTP listeners (BOSH, WebSocket, discovery, upload, web client)."""
 
@@ -75,8 +105,11 @@ class HTTPConfig(_Section):
     max_request_size: int = Field(1048576, ge=1024)
     #: origins allowed by CORS for web clients ("*": any)
     cors_origins: list[str] = ["*"]
-    #: serve the built-in web client at /
+    #: serve the built-in web client at / (the ``web_client`` module; false: as if it were not in ``modules``)
     web_client: bool = True
+    #: plain-HTTP requests from a loopback address count as encrypted for WebSocket and BOSH (RFC 6120
+    #: require_encryption): the traffic never leaves the host (a local client, or a TLS-terminating proxy)
+    secure_loopback: bool = True
 
     _v_listen = field_validator("listen", "tls_listen")(_check_listen)
 
@@ -132,6 +165,11 @@ class LimitsConfig(_Section):
     max_send_buffer: int = Field(1048576, ge=4096)
     #: seconds a client over max_send_buffer has to read before it is disconnected
     send_timeout: float = Field(60.0, gt=0)
+    #: per-account quotas (0: no limit)
+    max_roster_items: int = Field(2000, ge=0)
+    max_private_bytes: int = Field(1048576, ge=0)
+    max_resources_per_account: int = Field(10, ge=0)
+    max_pending_subscriptions: int = Field(1000, ge=0)
 
 
 class OfflineConfig(_Section):
@@ -222,6 +260,7 @@ class Config(_Section):
     c2s: C2SConfig = C2SConfig()
     s2s: S2SConfig = S2SConfig()
     http: HTTPConfig = HTTPConfig()
+    components: ComponentsConfig = ComponentsConfig()
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()
     offline: OfflineConfig = OfflineConfig()
@@ -276,6 +315,14 @@ class Config(_Section):
                 raise ValueError(f"{a!r}: admins are bare JIDs (no /resource)")
             out.append(str(j))
         return out
+
+    @model_validator(mode="after")
+    def _components_apart(self) -> Config:
+        """A component domain is not one of the served domains (those are routed to local accounts)."""
+        for d in self.components.secrets:
+            if d in self.domains:
+                raise ValueError(f"components.secrets: {d} is one of the served domains")
+        return self
 
     @field_validator("storage")
     @classmethod
@@ -356,7 +403,10 @@ class Config(_Section):
 
     def modules_for(self, host: str) -> list[str]:
         vh = self.vhosts.get(host)
-        return list(vh.modules) if vh is not None and vh.modules is not None else list(self.modules)
+        mods = list(vh.modules) if vh is not None and vh.modules is not None else list(self.modules)
+        if not self.http.web_client:
+            mods = [m for m in mods if m != "web_client"]
+        return mods
 
     def data_path(self, *parts: str) -> Path:
         return Path(self.data_dir).joinpath(*parts)

@@ -17,6 +17,7 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from . import server_secret, tls
+from .components import Components
 from .config import Config
 from .control import SOCKET_NAME, ControlServer
 from .jid import JID
@@ -28,8 +29,9 @@ from .routing.routes import RouteTable
 from .routing.tasks import Tasks
 from .stanza import Stanza
 from .streams.auth_limits import AuthFailureLimiter
-from .streams.bind import Bind
+from .streams.bind import Bind, BindRefused
 from .streams.c2s import C2SStream, ElementHandler
+from .streams.component import ComponentStream
 from .streams.legacy_auth import LegacyAuth
 from .streams.negotiator import Negotiator, Negotiators
 from .streams.sasl_auth import SASLAuth
@@ -38,7 +40,7 @@ from .streams.starttls import StartTLS
 from .streams.transport import StreamFramer
 from .streams.xmlstream import StreamLimits
 from .transports.http import HTTPService
-from .transports.limits import ConnectionLimiter
+from .transports.limits import ConnectionLimiter, address_key
 from .transports.tcp import Flusher, RateLimit, SendLimit, StreamProtocol, listen
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,10 @@ class Server:
         h = config.http
         #: the HTTP side (routes are added by modules and the HTTP carriers; listens at start)
         self.http = HTTPService(max_request_size=h.max_request_size, cors_origins=h.cors_origins,
-                                public_url=h.public_url)
+                                public_url=h.public_url, secure_loopback=h.secure_loopback)
+        #: external components (XEP-0114): their routes and streams (components.py)
+        self.components = Components(config.components.secrets, config.domains, self.routes, self.events,
+                                     self.router.route, self.router.reply, self.tasks.spawn, self.auth_limiter)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -120,6 +125,7 @@ class Server:
         self.storage = make_storage(cfg.storage, str(data_dir), offline_limit=cfg.offline_limit)
         await self.storage.open()
         self.secret = server_secret.load_or_create(data_dir)
+        tls.limit_tls_read_buffers()
         cert, key = tls.ensure_certificate(cfg.tls.cert, cfg.tls.key, data_dir, cfg.domains)
         self.cert_path = cert
         starttls_ctx = tls.server_context(cert, key, cfg.tls.min_version, ciphers=cfg.tls.ciphers)
@@ -128,8 +134,9 @@ class Server:
         self.modules = ModuleManager(cfg, router=self.router, sessions=self.sessions, routes=self.routes,
                                      events=self.events, tables=self.tables, elements=self.elements,
                                      storage=self.storage, tasks=self.tasks, started_at=self.started_at,
-                                     http=self.http)
+                                     http=self.http, secret=self.secret, c2s=self.open_c2s_stream)
         await self.modules.load_all()
+        self.components.install()  # after the modules: a clash with a service's subdomain is an error
         loop = asyncio.get_running_loop()
         flusher = Flusher(loop)
         self.admission = ConnectionLimiter(self._max_connections(), cfg.limits.max_connections_per_ip,
@@ -167,6 +174,19 @@ class Server:
         except OSError as e:
             log.warning("control socket unavailable (%s): CLI changes reach this server only via storage", e)
             self._control = None
+        if cfg.components.secrets:  # XEP-0114: only when components are configured
+            def component_stream(t: StreamProtocol) -> ComponentStream:
+                t.set_send_limit(send_limit)  # no rate limit: a gateway carries many users' traffic
+                return ComponentStream(self.components, t, self._framer, self._limits)
+
+            def component_factory() -> StreamProtocol:
+                return StreamProtocol(component_stream, None, False, None, flusher, self.admission)
+
+            for spec in cfg.components.listen:
+                if not spec.startswith(("127.", "[::1]:", "localhost:")):
+                    log.warning("[components] listen %s: component streams are not encrypted; keep them "
+                                "on loopback or a trusted network", spec)
+                await self._listen("component", spec, component_factory, None)
         if cfg.c2s.keepalive_interval > 0:
             self._schedule_keepalive()
         log.info("Rookery serving %s", ", ".join(cfg.domains))
@@ -203,6 +223,17 @@ class Server:
         return C2SStream(self, transport, framer or self._framer, c, self._limits, negotiators,
                          accept_pre_1_0=c.legacy_auth)
 
+    def open_c2s_stream(self, transport: Any, framer: Any) -> C2SStream | None:
+        """A c2s stream for a carrier other than the TCP listeners (WebSocket, BOSH: ``ctx.c2s_stream``),
+        counted by the connection limits like a TCP connection (None: over a limit)."""
+        adm = self.admission
+        if adm is not None:
+            key = address_key(transport.peer_ip)
+            if adm.admit(key) is not None:
+                return None
+            transport.set_admission(adm, key)
+        return self.new_c2s_stream(transport, framer)
+
     async def _listen(self, kind: str, spec: str, factory: Any, ctx: Any) -> None:
         try:
             srv = await listen(spec, factory, ctx)
@@ -221,6 +252,7 @@ class Server:
     def _send_keepalives(self) -> None:
         for s in list(self.streams):
             s.keepalive()
+        self.components.keepalive()
         self._schedule_keepalive()
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -231,6 +263,7 @@ class Server:
             srv.close()
         for s in list(self.streams):
             s.close("system-shutdown", "the server is shutting down")
+        self.components.close_all("system-shutdown", "the server is shutting down")
         for ref in self.sessions.all():  # detached sessions have no stream to close
             self.sessions.close(ref)
         await self.tasks.wait(timeout)
@@ -243,6 +276,10 @@ class Server:
         if self.storage is not None:
             await self.storage.close()
         self.stopped.set()
+
+    def connected_components(self) -> list[dict[str, Any]]:
+        """The connected external components (XEP-0114): domain, peer address, since, stanza counts."""
+        return self.components.status()
 
     # -- C2SHost: what client streams need -------------------------------------------------
     def serves(self, domain: str) -> bool:
@@ -266,6 +303,13 @@ class Server:
         """RFC 6120 §7: a new session for ``username@domain/resource`` (the stream attaches it once the
         bind result is written); §7.7.2.2: a session that had this full JID is closed with ``<conflict/>``."""
         jid = JID(username, stream.local_domain, resource, _norm=False)
+        limit = self.config.limits.max_resources_per_account
+        if limit:
+            bound = self.sessions.resources(jid.bare)
+            if resource not in bound and len(bound) >= limit:
+                # [limits] max_resources_per_account: the new resource is refused, the bound ones
+                # keep working (a replaced full JID is not a new resource)
+                raise BindRefused("resource-constraint", f"this account has {limit} resources bound already")
         auth = stream.auth_info if stream.auth_info is not None else {}
         auth["ip"] = stream.transport.peer_ip
         auth["secure"] = stream.transport.is_secure

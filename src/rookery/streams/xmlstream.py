@@ -45,7 +45,7 @@ class XMLStream:
     """RFC 6120 §4: one XML stream (restarted in place after STARTTLS and SASL)."""
 
     __slots__ = ("transport", "framer", "limits", "spawn", "stream_id", "local_domain", "lang", "header_sent",
-                 "closed", "lost", "_ended", "_queue", "parser", "_timeout", "_serialize")
+                 "closed", "lost", "_ended", "_queue", "parser", "_timeout", "_serialize", "_adapt")
 
     #: RFC 6120 §4.8.2 content namespace of this stream kind
     content_ns: ClassVar[str] = ns.CLIENT
@@ -54,6 +54,9 @@ class XMLStream:
         self.transport = transport
         self.framer = framer
         self._serialize = framer.serialize
+        #: framers whose elements stand alone (RFC 7395, BOSH) turn ``xml.serialize`` output, which
+        #: ``send_data`` gets (serialized once for many streams), into theirs
+        self._adapt: Callable[[str], str] | None = getattr(framer, "adapt", None)
         self.limits = limits
         self.spawn = spawn
         self.stream_id = ""
@@ -221,7 +224,8 @@ class XMLStream:
     def send_data(self, data: str) -> None:
         """An element already serialized with the framer's ``serialize`` (once for many streams)."""
         if not self.closed:
-            self.transport.write(data.encode())
+            adapt = self._adapt
+            self.transport.write((data if adapt is None else adapt(data)).encode())
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """Close with a stream error (``condition``) or the closing handshake (RFC 6120 §4.4)."""
