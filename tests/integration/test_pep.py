@@ -209,3 +209,23 @@ async def test_slixmpp_user_tune_through_pep(rookery_server):
         await disconnect(ca, cb)
 
 
+
+
+async def test_last_items_follow_an_approved_presence_subscription(rookery_server):
+    a, pa = rookery_server.make_user()
+    b, pb = rookery_server.make_user()
+    ca = await tls_login(rookery_server, a, pa)
+    cb = await tls_login(rookery_server, b, pb)
+    try:
+        await caps_presence(ca, [])
+        ok(await ps(ca, "set", f"<publish node='{TUNE}'><item id='now'>{tune('Hello')}</item></publish>", to=None))
+        await caps_presence(cb, [TUNE + "+notify"])
+        assert not [e for e in await drain(cb, 0.3) if is_event(e)]
+        cb.send(f"<presence type='subscribe' to='{a}'/>")
+        await ca.recv_until(lambda e: e.tag == "{jabber:client}presence" and e.get("type") == "subscribe")
+        ca.send(f"<presence type='subscribed' to='{b}'/>")
+        ev = await cb.recv_until(lambda e: is_event(e, "items", TUNE))
+        assert ev.get("from") == a and event_item_ids(ev) == ["now"]
+    finally:
+        await ca.close()
+        await cb.close()

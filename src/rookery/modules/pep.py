@@ -15,7 +15,8 @@ rules:
 * §4.3.2 last published item: when a session's capabilities become known or change (the
   ``caps-changed`` event, on its available presence), the last item of each node it newly wants
   ``+notify`` for is sent, from the account itself and from every local contact whose presence it
-  receives (subscription "to"/"both"), as the node's access model allows.
+  receives (subscription "to"/"both"), as the node's access model allows; and when a local contact
+  approves the account's presence subscription (inbound ``subscribed``), that contact's last items.
 * Common uses are plain PEP nodes with the clients' publish-options: bookmarks (XEP-0402
   ``urn:xmpp:bookmarks:1``, whitelist, ``max_items`` "max"), avatars (XEP-0084 ``urn:xmpp:avatar:data``
   and ``:metadata``; payloads up to ``max_payload_size``), vCard4 (XEP-0292 ``urn:xmpp:vcard4``),
@@ -203,6 +204,33 @@ class PEP(Module):
                     if self.ctx.sessions.get(jid) is not session:
                         return
                     self.engine.send_event(handle, node, self.engine._items_event(node, [last]), [jid.full])
+
+    @hook("presence/bare", priority=10)
+    def subscribed(self, st: Stanza) -> None:
+        """A contact approved a presence subscription (``subscribed`` to a local account): the new
+        subscriber's sessions get the contact's last items they want (never handles the stanza)."""
+        if st.type == "subscribed" and st.from_ is not None and st.to is not None:
+            self.ctx.spawn(self._after_subscribed(st.from_.bare_jid(), st.to.bare_jid()))
+        return None
+
+    async def _after_subscribed(self, contact: JID, user: JID) -> None:
+        if contact.local is None or not self.ctx.enabled_for(contact.domain):
+            return
+        caps = self.caps
+        if caps is None:
+            return
+        handle = await self.service_of(contact)
+        item = await self.engine.roster_item(contact.bare, user.bare)
+        for session in list(self.ctx.sessions.resources(user.bare).values()):
+            notify: set[str] = session.ext.get("pep.notify") or set()
+            for name in sorted(notify):
+                node = handle.service.nodes.get(name)
+                if node is None or not node.items or node.get("pubsub#send_last_published_item") != "on_sub_and_presence":
+                    continue
+                if self.engine.contact_allowed(handle, node, user.bare, item):
+                    last = node.last_item()
+                    assert last is not None
+                    self.engine.send_event(handle, node, self.engine._items_event(node, [last]), [session.jid.full])
 
     @hook("user-deleted")
     def user_deleted(self, host: str, user: str) -> None:
