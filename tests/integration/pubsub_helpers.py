@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from typing import Any
 from xml.etree.ElementTree import Element
 
-from xmpp_helpers import RawClient, error_condition
+from xmpp_helpers import RawClient, error_condition, eventually
 
 from rookery.modules.caps import verification_string
 
@@ -98,9 +99,10 @@ def event_item_ids(el: Element) -> list[str]:
     return [i.get("id", "") for i in el.iter(f"{{{EVENT}}}item")]
 
 
-async def caps_presence(c: RawClient, features: list[str]) -> None:
+async def caps_presence(c: RawClient, features: list[str], server: Any = None) -> None:
     """Initial presence with XEP-0115 caps for ``features`` (plus a unique one, so the server asks),
-    answering the server's disco#info query; stanzas received meanwhile stay queued."""
+    answering the server's disco#info query; stanzas received meanwhile stay queued.  With
+    ``server``, returns once the server has verified the answer and applied it to the session."""
     feats = sorted(set(features) | {f"urn:test:{new_id()}", DISCO_INFO})
     identity = ("client", "pc", None, "test")
     ver = verification_string([identity], feats)
@@ -117,4 +119,14 @@ async def caps_presence(c: RawClient, features: list[str]) -> None:
     c.send(f"<iq type='result' id='{el.get('id')}' to='{el.get('from')}'>"
            f"<query xmlns='{DISCO_INFO}' node='{q.get('node')}'>{body}</query></iq>")
     c._queue[:0] = others
-    await asyncio.sleep(0.2)  # the server verifies and applies the answer
+    if server is None:
+        await asyncio.sleep(0.2)  # the server verifies and applies the answer
+        return
+    caps = server.server.modules.modules["caps"]
+
+    def applied() -> bool:
+        sessions = [s for s in server.server.sessions.all() if s.jid.full == c.jid]
+        return bool(sessions) and caps.features_of(sessions[0]) is not None and \
+            "pep.notify" in sessions[0].ext
+
+    await eventually(applied, 10)

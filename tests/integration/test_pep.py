@@ -55,9 +55,9 @@ async def test_contact_with_notify_gets_the_event_and_a_stranger_does_not(rooker
     cb = await tls_login(rookery_server, b, pb)
     cs = await tls_login(rookery_server, s, ps_)
     try:
-        await caps_presence(ca, [])
-        await caps_presence(cb, [TUNE + "+notify"])
-        await caps_presence(cs, [TUNE + "+notify"])
+        await caps_presence(ca, [], rookery_server)
+        await caps_presence(cb, [TUNE + "+notify"], rookery_server)
+        await caps_presence(cs, [TUNE + "+notify"], rookery_server)
         await drain(cb, 0.3)
         await drain(cs, 0.1)
         r = ok(await ps(ca, "set", f"<publish node='{TUNE}'><item id='current'>{tune('Song')}</item></publish>", to=None))
@@ -97,7 +97,7 @@ async def test_last_item_is_sent_when_a_contact_comes_online(rookery_server):
         ok(await ps(ca, "set", f"<publish node='{AVATAR_META}'><item id='abc'>{meta}</item></publish>", to=None))
         cb = await tls_login(rookery_server, b, pb)
         try:
-            await caps_presence(cb, [AVATAR_META + "+notify"])
+            await caps_presence(cb, [AVATAR_META + "+notify"], rookery_server)
             ev = await cb.recv_until(lambda e: is_event(e, "items", AVATAR_META))
             assert ev.get("from") == a and event_item_ids(ev) == ["abc"]
             assert ev.find(f".//{{{AVATAR_META}}}info").get("id") == "abc"
@@ -106,7 +106,7 @@ async def test_last_item_is_sent_when_a_contact_comes_online(rookery_server):
         # the owner's own new session gets its last item too
         ca2 = await tls_login(rookery_server, a, pa, resource="second")
         try:
-            await caps_presence(ca2, [AVATAR_META + "+notify"])
+            await caps_presence(ca2, [AVATAR_META + "+notify"], rookery_server)
             ev = await ca2.recv_until(lambda e: is_event(e, "items", AVATAR_META))
             assert ev.get("from") == a
         finally:
@@ -145,7 +145,7 @@ async def test_bookmarks2_publish_retrieve_and_private_xml_compat(rookery_server
     a, pa = rookery_server.make_user()
     c = await tls_login(rookery_server, a, pa)
     try:
-        await caps_presence(c, [BOOKMARKS + "+notify"])
+        await caps_presence(c, [BOOKMARKS + "+notify"], rookery_server)
         conf = f"<conference xmlns='{BOOKMARKS}' name='Coven' autojoin='true'><nick>me</nick></conference>"
         opts = publish_options(persist_items="true", max_items="max", send_last_published_item="never",
                                access_model="whitelist")
@@ -217,9 +217,9 @@ async def test_last_items_follow_an_approved_presence_subscription(rookery_serve
     ca = await tls_login(rookery_server, a, pa)
     cb = await tls_login(rookery_server, b, pb)
     try:
-        await caps_presence(ca, [])
+        await caps_presence(ca, [], rookery_server)
         ok(await ps(ca, "set", f"<publish node='{TUNE}'><item id='now'>{tune('Hello')}</item></publish>", to=None))
-        await caps_presence(cb, [TUNE + "+notify"])
+        await caps_presence(cb, [TUNE + "+notify"], rookery_server)
         assert not [e for e in await drain(cb, 0.3) if is_event(e)]
         cb.send(f"<presence type='subscribe' to='{a}'/>")
         await ca.recv_until(lambda e: e.tag == "{jabber:client}presence" and e.get("type") == "subscribe")

@@ -203,7 +203,7 @@ class PEP(Module):
                     assert last is not None
                     if self.ctx.sessions.get(jid) is not session:
                         return
-                    self.engine.send_event(handle, node, self.engine._items_event(node, [last]), [jid.full])
+                    self.engine.send_event(handle, node, self.engine.items_event(node, [last]), [jid.full])
 
     @hook("presence/bare", priority=10)
     def subscribed(self, st: Stanza) -> None:
@@ -230,7 +230,7 @@ class PEP(Module):
                 if self.engine.contact_allowed(handle, node, user.bare, item):
                     last = node.last_item()
                     assert last is not None
-                    self.engine.send_event(handle, node, self.engine._items_event(node, [last]), [session.jid.full])
+                    self.engine.send_event(handle, node, self.engine.items_event(node, [last]), [session.jid.full])
 
     @hook("user-deleted")
     def user_deleted(self, host: str, user: str) -> None:

@@ -662,7 +662,7 @@ class PubSubEngine:
         if sub.state == "subscribed" and node.get("pubsub#send_last_published_item") != "never":
             last = node.last_item()
             if last is not None:
-                ev = self._items_event(node, [last])
+                ev = self.items_event(node, [last])
                 asyncio.get_running_loop().call_soon(self.send_event, handle, node, ev, [jid])
         return request.result(out)
 
@@ -869,7 +869,7 @@ class PubSubEngine:
         if allow and node.get("pubsub#send_last_published_item") != "never":
             last = node.last_item()
             if last is not None:
-                self.send_event(handle, node, self._items_event(node, [last]), [jid])
+                self.send_event(handle, node, self.items_event(node, [last]), [jid])
         return True
 
     def _send_subscription_state(self, handle: ServiceHandle, node: Node, jid: str, state: str) -> None:
@@ -892,7 +892,7 @@ class PubSubEngine:
                 log.warning("unreadable stored pubsub item %s", item.id)
         return el
 
-    def _items_event(self, node: Node, items: Iterable[Item]) -> Element:
+    def items_event(self, node: Node, items: Iterable[Item]) -> Element:
         ev = Element(_E + "event")
         its = SubElement(ev, _E + "items", node=node.name)
         payloads = bool(node.get("pubsub#deliver_payloads"))
@@ -901,7 +901,7 @@ class PubSubEngine:
         return ev
 
     async def notify_items(self, handle: ServiceHandle, node: Node, items: list[Item]) -> None:
-        await self.notify(handle, node, self._items_event(node, items))
+        await self.notify(handle, node, self.items_event(node, items))
 
     async def notify(self, handle: ServiceHandle, node: Node, event: Element) -> None:
         """§7.1.2: ``event`` to every subscriber (state subscribed, delivery on) and the implicit
