@@ -46,7 +46,9 @@ from ..xml import serialize
 BOOKMARKS2 = "urn:xmpp:bookmarks:1"
 BOOKMARKS_LEGACY = "storage:bookmarks"
 
-PEP_FEATURES = sorted(set(FEATURES) | {"auto-create", "auto-subscribe"})
+#: XEP-0163 §5: PEP adds auto-create, auto-subscribe, filtered (+notify) and presence-based notifications
+PEP_FEATURES = sorted(set(FEATURES) | {"auto-create", "auto-subscribe", "filtered-notifications",
+                                       "presence-notifications"})
 
 
 class PEPOptions(Options):

@@ -70,14 +70,13 @@ _E = f"{{{EVENT}}}"
 #: the pubsub#* features this engine implements (XEP-0060 §10), for disco
 FEATURES = [
     "access-authorize", "access-open", "access-presence", "access-roster", "access-whitelist",
-    "config-node", "create-and-configure", "create-nodes", "delete-items", "delete-nodes",
-    "filtered-notifications", "get-pending", "instant-nodes", "item-ids", "last-published",
-    "manage-subscriptions", "meta-data", "modify-affiliations", "outcast-affiliation",
-    "persistent-items", "presence-notifications", "publish", "publish-only-affiliation",
-    "publish-options", "publisher-affiliation", "purge-nodes", "retract-items",
-    "retrieve-affiliations", "retrieve-default", "retrieve-items", "retrieve-subscriptions",
-    "rsm", "subscribe", "subscription-options", "subscription-notifications", "config-node-max",
-    "member-affiliation", "multi-subscribe", "transient-nodes",
+    "config-node", "config-node-max", "create-and-configure", "create-nodes", "delete-items",
+    "delete-nodes", "instant-nodes", "item-ids", "last-published", "manage-subscriptions",
+    "member-affiliation", "meta-data", "modify-affiliations", "outcast-affiliation",
+    "persistent-items", "publish", "publish-only-affiliation", "publish-options",
+    "publisher-affiliation", "purge-nodes", "retract-items", "retrieve-affiliations",
+    "retrieve-default", "retrieve-items", "retrieve-subscriptions", "rsm", "subscribe",
+    "subscription-notifications", "subscription-options", "transient-nodes",
 ]
 
 SUB_OPTION_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {"pubsub#deliver": ("boolean", ())}
