@@ -454,3 +454,26 @@ async def test_publish_models(rookery_server):
     finally:
         await ca.close()
         await cb.close()
+
+
+async def test_malformed_requests_get_bad_request(rookery_server):
+    a, pa = rookery_server.make_user()
+    c = await tls_login(rookery_server, a, pa)
+    node = "m-" + new_id()
+    try:
+        ok(await ps(c, "set", f"<create node='{node}'/>"))
+        assert err(await ps(c, "set", ""))[0] == "bad-request"
+        assert err(await ps(c, "set", "<configure xmlns='urn:other'/>"))[0] == "bad-request"
+        assert err(await ps(c, "get", f"<publish node='{node}'/>"))[0] == "feature-not-implemented"
+        assert err(await ps(c, "set", f"<purge node='{node}'/>"))[0] == "feature-not-implemented"
+        assert err(await ps(c, "set", f"<affiliations node='{node}'><affiliation jid='@@' affiliation='member'/></affiliations>",
+                            owner=True)) == ("bad-request", "invalid-jid")
+        assert err(await ps(c, "set", f"<affiliations node='{node}'><affiliation jid='x@localhost' affiliation='king'/></affiliations>",
+                            owner=True))[0] == "bad-request"
+        assert err(await ps(c, "get", f"<items node='{node}' max_items='many'/>"))[0] == "bad-request"
+        assert err(await ps(c, "set", f"<configure node='{node}'/>", owner=True))[0] == "bad-request"
+        wrong = form("urn:other", {"pubsub#title": "x"})
+        assert err(await ps(c, "set", f"<configure node='{node}'>{wrong}</configure>", owner=True))[0] == "bad-request"
+        assert err(await ps(c, "set", f"<subscribe node='{node}' jid='not a jid@@'/>")) == ("bad-request", "invalid-jid")
+    finally:
+        await c.close()
