@@ -16,7 +16,7 @@ from .jid import InvalidJID, nameprep
 DEFAULT_MODULES = [
     "roster", "presence", "disco", "caps", "ping", "version", "time", "last", "vcard", "private",
     "offline", "session", "register", "contact_info", "carbons", "csi", "blocking", "smacks", "push",
-    "mam", "upload", "proxy65", "external_services", "websocket", "bosh", "http_discovery", "web_client",
+    "mam", "upload", "proxy65", "external_services", "websocket", "bosh", "http_discovery", "web_client", "muc",
     "pubsub", "pep",
 ]
 
@@ -59,9 +59,43 @@ class C2SConfig(_Section):
 
 
 class S2SConfig(_Section):
-    listen: list[str] = []
+    """``[s2s]``: server-to-server federation (RFC 6120, XEP-0220, XEP-0178); see docs/federation.md.
+    Federation is on when a listener or a static host is configured."""
 
-    _v_listen = field_validator("listen")(_check_listen)
+    #: STARTTLS listeners for incoming peers ("*:5269" on a public server)
+    listen: list[str] = []
+    #: XEP-0368 direct TLS listeners for incoming peers (the _xmpps-server SRV target, e.g. "*:5270")
+    direct_tls_listen: list[str] = []
+    #: static peer addresses that win over DNS: {"example.org" = "127.0.0.1:25269"}
+    hosts: dict[str, str] = {}
+    #: refuse peers whose certificate is not valid for their domain (no dialback fallback)
+    require_valid_certs: bool = False
+    #: XEP-0220 server dialback when the certificate does not authenticate the peer
+    dialback: bool = True
+    #: seconds an s2s connection may stay unused before it is closed
+    idle_timeout: float = Field(300.0, gt=0)
+    #: seconds to resolve, connect, secure and authenticate an outgoing connection (and to verify dialback)
+    connect_timeout: float = Field(30.0, gt=0)
+    #: stanzas held per outgoing connection while it is being set up; more bounce (resource-constraint)
+    max_queue: int = Field(1000, ge=1)
+
+    _v_listen = field_validator("listen", "direct_tls_listen")(_check_listen)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for domain, addr in v.items():
+            _check_listen([addr])
+            try:
+                out[nameprep(domain)] = addr
+            except InvalidJID as e:
+                raise ValueError(f"{domain!r} is not a valid domain ({e})") from None
+        return out
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen or self.direct_tls_listen or self.hosts)
 
 
 class ComponentsConfig(_Section):
@@ -135,6 +169,8 @@ class TLSConfig(_Section):
     min_version: Literal["1.2", "1.3"] = "1.2"
     #: TLS 1.2 cipher suites, an OpenSSL cipher list (TLS 1.3 suites are all strong and not affected)
     ciphers: str = MOZILLA_INTERMEDIATE
+    #: extra trust anchors (PEM) for s2s peer certificates, besides the system store
+    ca_file: str | None = None
 
     @field_validator("ciphers")
     @classmethod
@@ -145,6 +181,13 @@ class TLSConfig(_Section):
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(v)
         except ssl.SSLError:
             raise ValueError(f"{v!r} selects no cipher OpenSSL knows") from None
+        return v
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"{v!r} is not a readable file")
         return v
 
     @model_validator(mode="after")

@@ -52,6 +52,9 @@ class ControlServer:
             if op == "user-deleted":
                 await self.server.user_deleted(str(req["host"]), str(req["user"]))
                 resp: dict[str, object] = {"ok": True}
+            elif op == "s2s":
+                pool = self.server.s2s
+                resp = {"ok": True, "enabled": pool is not None, "s2s": pool.describe() if pool is not None else []}
             elif op == "status":
                 resp = {"ok": True, "sessions": self.server.sessions.count()}
             else:

@@ -114,6 +114,9 @@ class Server:
         #: external components (XEP-0114): their routes and streams (components.py)
         self.components = Components(config.components.secrets, config.domains, self.routes, self.events,
                                      self.router.route, self.router.reply, self.tasks.spawn, self.auth_limiter)
+        #: federation (``s2s.pool.S2SPool``), when ``[s2s]`` enables it
+        self.s2s: Any = None
+        self._remote_route: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -162,8 +165,8 @@ class Server:
             await self._listen("c2s", spec, c2s_factory(starttls_ctx, False), None)
         for spec in cfg.c2s.direct_tls_listen:
             await self._listen("c2s_direct_tls", spec, c2s_factory(direct_ctx, True), direct_ctx)
-        if cfg.s2s.listen:
-            log.warning("[s2s] listeners are not part of this build yet; ignoring them")
+        if cfg.s2s.enabled:
+            await self._start_s2s(cert, key, flusher, send_limit)
         https_ctx = tls.server_context(cert, key, cfg.tls.min_version, alpn=["http/1.1"], ciphers=cfg.tls.ciphers)
         await self.http.start(cfg.http.listen, cfg.http.tls_listen, https_ctx)
         for scheme, addrs in self.http.addresses.items():
@@ -190,6 +193,42 @@ class Server:
         if cfg.c2s.keepalive_interval > 0:
             self._schedule_keepalive()
         log.info("Rookery serving %s", ", ".join(cfg.domains))
+
+    async def _start_s2s(self, cert: Any, key: Any, flusher: Flusher, send_limit: SendLimit) -> None:
+        """Federation (docs/federation.md): the s2s pool as the remote route, and its listeners."""
+        from .s2s import certs
+        from .s2s.pool import S2SPool, StreamSettings
+
+        s, t = self.config.s2s, self.config.tls
+        srv_ctx, judged = certs.s2s_server_context(cert, key, t.min_version, t.ciphers, t.ca_file)
+        direct_srv_ctx, _ = certs.s2s_server_context(cert, key, t.min_version, t.ciphers, t.ca_file,
+                                                     alpn=["xmpp-server"])
+        client_ctx, judged_out = certs.s2s_client_context(cert, key, t.min_version, t.ciphers, t.ca_file)
+        direct_client_ctx, _ = certs.s2s_client_context(cert, key, t.min_version, t.ciphers, t.ca_file,
+                                                        alpn=["xmpp-server"])
+        by_domain = self.routes.by_domain
+        pool = self.s2s = S2SPool(
+            secret=self.secret, serves=by_domain.__contains__, route=self.router.route, reply=self.router.reply,
+            spawn=self.tasks.spawn, framer=self._framer, limits=self._limits, flusher=flusher,
+            send_limit=send_limit, settings=StreamSettings(s.dialback, s.require_valid_certs), hosts=s.hosts,
+            connect_timeout=s.connect_timeout, idle_timeout=s.idle_timeout, max_queue=s.max_queue,
+            server_ctxs=[srv_ctx, direct_srv_ctx], client_ctx=client_ctx, direct_client_ctx=direct_client_ctx,
+            certs_judged=judged and judged_out)
+        self._remote_route = self.routes.set_remote(pool.forward)
+
+        def s2s_stream(tr: StreamProtocol) -> Any:
+            tr.set_send_limit(send_limit)
+            return pool.new_incoming(tr)
+
+        def s2s_factory(ctx: Any, direct: bool) -> Any:
+            def make() -> StreamProtocol:
+                return StreamProtocol(s2s_stream, ctx, direct, None, flusher, self.admission)
+            return make
+
+        for spec in s.listen:
+            await self._listen("s2s", spec, s2s_factory(srv_ctx, False), None)
+        for spec in s.direct_tls_listen:
+            await self._listen("s2s_direct_tls", spec, s2s_factory(direct_srv_ctx, True), direct_srv_ctx)
 
     def _max_connections(self) -> int:
         """``[limits] max_connections``, or what the file descriptor limit allows (raised to its hard
@@ -263,6 +302,8 @@ class Server:
             srv.close()
         for s in list(self.streams):
             s.close("system-shutdown", "the server is shutting down")
+        if self.s2s is not None:
+            self.s2s.close_all()
         self.components.close_all("system-shutdown", "the server is shutting down")
         for ref in self.sessions.all():  # detached sessions have no stream to close
             self.sessions.close(ref)

@@ -96,6 +96,10 @@ class RunningServer:
         return self.server.addresses["c2s_direct_tls"][0][1]
 
     @property
+    def s2s_port(self) -> int:
+        return self.server.addresses["s2s"][0][1]
+
+    @property
     def http_port(self) -> int:
         return self.server.addresses["http"][0][1]
 

@@ -254,3 +254,18 @@ async def test_cors_preflight_and_get(rookery_server):
             assert "POST" in r.headers["Access-Control-Allow-Methods"]
         async with s.get(bosh_url(rookery_server)) as r:
             assert r.status == 200
+
+
+async def test_acks_and_polling_session(rookery_server):
+    c = BOSHClient(bosh_url(rookery_server))
+    try:
+        first = await c.create(hold=0, ack="1")  # hold=0: a polling session (XEP-0124 §11)
+        assert first.get("hold") == "0" and first.get("requests") == "1"
+        assert first.get("ack") == str(c.rid)  # acks on: the creation response acknowledges its rid
+        await c.features(first)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        r = await c.send()  # nothing to say: answered at once, not held
+        assert loop.time() - t0 < 1.0 and len(r) == 0
+    finally:
+        await c.close()

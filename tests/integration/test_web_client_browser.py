@@ -69,6 +69,7 @@ async def shows(page, jid: str, text: str) -> None:  # noqa: ANN001
     await msg.first.wait_for(timeout=TIMEOUT)
 
 
+@pytest.mark.timeout(1500)  # apt-get install chromium, when it is missing, takes minutes
 async def test_two_users_chat_through_the_web_client(rookery_server):
     api = pytest.importorskip("playwright.async_api")
     exe = chromium()

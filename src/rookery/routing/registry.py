@@ -13,7 +13,6 @@ One dict lookup finds a full JID; one more the resources of a bare JID.
 from __future__ import annotations
 
 from collections.abc import Callable
-from copy import copy
 from typing import Any, Protocol
 from xml.etree.ElementTree import Element
 
@@ -22,6 +21,16 @@ from ..xml.serializer import escape_attr, serialize
 
 #: the place of ``to`` in a template serialization (NUL never occurs in XML text or attributes)
 _SLOT = "\x00"
+
+
+def addressed(el: Element, to: str) -> Element:
+    """A copy of ``el`` sent ``to``: its own attributes, the children shared (never mutated).  Not
+    ``copy.copy``: ElementTree's C ``Element.__copy__`` shares the attribute dict with the original."""
+    out = Element(el.tag, el.attrib)
+    out.text = el.text
+    out.extend(el)
+    out.set("to", to)
+    return out
 
 
 class SessionRef(Protocol):
@@ -164,20 +173,15 @@ class LocalSessionRegistry:
     def deliver_each(self, targets: list[tuple[SessionRef, str]], el: Element) -> None:
         if len(targets) == 1 or self._filters:
             for r, to in targets:
-                c = copy(el)  # shallow: a new attribute dict, the children shared
-                c.set("to", to)
-                r.send(c)  # type: ignore[attr-defined]
+                r.send(addressed(el, to))  # type: ignore[attr-defined]
             return
-        el.set("to", _SLOT)
-        head, _, tail = serialize(el).partition(_SLOT)
+        head, _, tail = serialize(addressed(el, _SLOT)).partition(_SLOT)
         for r, to in targets:
             s: Any = r
             if s.attached:
                 s.send_data(head + escape_attr(to) + tail)
             else:  # queued as an element (XEP-0198 resumption, re-routing at the session's end)
-                c = copy(el)
-                c.set("to", to)
-                s.send(c)
+                s.send(addressed(el, to))
 
     def close(self, ref: SessionRef, condition: str | None = None, text: str | None = None) -> None:
         s: Any = ref

@@ -49,6 +49,8 @@ class XMLStream:
 
     #: RFC 6120 §4.8.2 content namespace of this stream kind
     content_ns: ClassVar[str] = ns.CLIENT
+    #: more namespace prefixes declared on our stream header (``{"db": "jabber:server:dialback"}``)
+    header_ns: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, transport: Transport, framer: Framer, limits: StreamLimits, spawn: Spawn) -> None:
         self.transport = transport
@@ -140,7 +142,8 @@ class XMLStream:
             return
         self.header_sent = True
         self.transport.write(self.framer.open(self.content_ns, self.stream_id or new_stream_id(),
-                                              self.local_domain or self.default_domain(), peer_from))
+                                              self.local_domain or self.default_domain(), peer_from,
+                                              self.header_ns))
 
     def send_features(self) -> None:
         """Write the features; when a features provider is asynchronous, they are written once it is
