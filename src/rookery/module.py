@@ -152,6 +152,8 @@ class Catalog(Protocol):
 
     def account_features(self, host: str) -> list[str]: ...
 
+    def account_identities(self, host: str) -> list[tuple[str, str, str | None]]: ...
+
     def services(self, host: str) -> list[tuple[str, str, str | None]]:
         """(service domain, module name, display name) of the internal services under ``host``."""
         ...
@@ -330,6 +332,8 @@ class Module:
     features: ClassVar[list[str]] = []
     #: disco#info features of each account's bare JID
     account_features: ClassVar[list[str]] = []
+    #: disco#info identities of each account's bare JID besides ``account/registered`` (PEP: pubsub/pep)
+    account_identities: ClassVar[list[tuple[str, str, str | None]]] = []
     #: disco#info identities of the server: (category, type, name)
     identities: ClassVar[list[tuple[str, str, str | None]]] = []
     #: modules this one needs loaded first (on the same domains).  A module enabled on some domains

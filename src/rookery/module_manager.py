@@ -88,6 +88,9 @@ class ModuleCatalog:
     def account_features(self, host: str) -> list[str]:
         return [f for m in self._mods(host) for f in m.account_features]
 
+    def account_identities(self, host: str) -> list[tuple[str, str, str | None]]:
+        return [tuple(i) for m in self._mods(host) for i in m.account_identities]  # type: ignore[misc]
+
     def services(self, host: str) -> list[tuple[str, str, str | None]]:
         out = []
         for m in self._mods(host):

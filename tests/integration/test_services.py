@@ -131,7 +131,7 @@ async def test_own_account_disco_info_is_account_registered(server):
         assert r.get("type") == "result"
         q = r.find(f"{{{DISCO_INFO}}}query")
         idents = [(i.get("category"), i.get("type")) for i in q.findall(f"{{{DISCO_INFO}}}identity")]
-        assert idents == [("account", "registered")]
+        assert idents == [("account", "registered"), ("pubsub", "pep")]  # XEP-0163 §1
         features = {f.get("var") for f in q.findall(f"{{{DISCO_INFO}}}feature")}
         assert DISCO_INFO in features and "vcard-temp" in features
         assert "urn:xmpp:ping" not in features  # server-only feature

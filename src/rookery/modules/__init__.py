@@ -40,6 +40,8 @@ BUILTIN: dict[str, str] = {
     "http_discovery": "rookery.modules.http_discovery:HTTPDiscovery",
     "web_client": "rookery.modules.web_client:WebClient",
     "muc": "rookery.modules.muc:MUC",
+    "pubsub": "rookery.modules.pubsub:PubSub",
+    "pep": "rookery.modules.pep:PEP",
 }
 
 

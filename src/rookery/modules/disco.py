@@ -5,7 +5,7 @@
   disco#info/#items features, and any XEP-0128 extended-information forms modules add on the
   ``disco-forms`` fold (``fn(forms, host) -> forms``).
 * disco#info to an account's bare JID (§3.1, §8 "Security Considerations"): the server answers for the
-  account with identity ``account/registered`` and the modules' ``account_features`` — but only to the
+  account with identity ``account/registered`` (and the modules' ``account_identities``) and the modules' ``account_features`` — but only to the
   account itself or to entities authorized to see its presence; a missing account or an unauthorized
   requester gets ``<service-unavailable/>`` (§8 rule 1), so accounts cannot be harvested.
 * disco#items (§4.1): the server's items are its internal services (``conference.D`` …) and what
@@ -140,6 +140,10 @@ class Disco(Module):
         q = _query(_INFO, node)
         category, type_, _ = ACCOUNT_IDENTITY
         SubElement(q, _IDENTITY, category=category, type=type_)
+        for category, type_, name in self.ctx.catalog.account_identities(host):
+            ident = SubElement(q, _IDENTITY, category=category, type=type_)
+            if name:
+                ident.set("name", name)
         for var in self.account_feature_list(host):
             SubElement(q, _FEATURE, var=var)
         return q

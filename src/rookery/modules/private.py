@@ -9,6 +9,10 @@ account is ``<forbidden/>`` (§2.3, §4 "Security Considerations").  Fragments i
 client stream means ``jabber:client``) are ``<not-acceptable/>`` (§2.3, optional in the XEP).
 
 Fragments live in the key-value store ``"private"``, keyed by Clark name ``{namespace}name``.
+
+XEP-0411 (bookmarks conversion): with the ``pep`` module loaded, ``<storage xmlns='storage:bookmarks'/>``
+is also written to the account's XEP-0402 bookmarks node (``urn:xmpp:bookmarks:1``), and read from it
+once that node exists, so clients of either kind see the same bookmarks.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ STORE = "private"
 RESERVED = frozenset({ns.CLIENT, ns.SERVER, ns.PRIVATE})
 MAX_SIZE = 256 * 1024
 _QUERY = f"{{{ns.PRIVATE}}}query"
+_BOOKMARKS = "{storage:bookmarks}storage"
 
 
 def _key(child: Element) -> str:
@@ -69,6 +74,12 @@ class PrivateStorage(Module):
         keys = [_key(c) for c in children]
         q = Element(_QUERY)
         for key in keys:
+            if key == _BOOKMARKS and self.ctx.has_service("pep"):
+                assert request.to is not None
+                bookmarks = await self.ctx.service("pep").legacy_bookmarks_or_none(request.to.bare_jid())
+                if bookmarks is not None:
+                    q.append(bookmarks)
+                    continue
             raw = await self.storage.kv.get(STORE, host, user, key)
             el: Element | None = None
             if raw is not None:
@@ -91,4 +102,9 @@ class PrivateStorage(Module):
             await self._check_quota(host, user, dict(items), quota)
         for key, data in items:
             await self.storage.kv.set(STORE, host, user, key, data)
+        if self.ctx.has_service("pep"):
+            assert request.to is not None
+            for child in children:
+                if child.tag == _BOOKMARKS:
+                    await self.ctx.service("pep").set_legacy_bookmarks(request.to.bare_jid(), child)
         return request.result()
