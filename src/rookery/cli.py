@@ -1,21 +1,21 @@
-"""Command line: ``rookery serve | adduser | passwd | deluser | users | invite | check``.
+"""Command line: ``rookery serve | status | sessions | kick | reload | debug | adduser | passwd |
+deluser | users | invite | cert | check``.
 
 Every error is one line naming the problem, with a non-zero exit status.  User commands work while
-the server runs: they write to storage and tell the running server over its control socket.
+the server runs: they write to storage and tell the running server over its control socket; ``status``,
+``sessions``, ``kick``, ``reload`` and ``debug`` ask the running server over it.
+
+The CLI starts fast: only argparse and the configuration are imported up front; storage, TLS and the
+server are imported by the commands that need them.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
-import getpass
-import logging
-import re
-import signal
 import sys
 from typing import Any
 
+from . import __version__
 from .config import Config, ConfigError, load_config
 from .jid import JID, InvalidJID
 
@@ -44,6 +44,8 @@ def _read_password(args: argparse.Namespace) -> str:
     if args.password is not None:
         pw = args.password
     elif sys.stdin.isatty():
+        import getpass
+
         try:
             pw = getpass.getpass("Password: ")
             if getpass.getpass("Again: ") != pw:
@@ -86,7 +88,15 @@ def _check_paths(cfg: Config, create: bool = True) -> None:
 
 def _storage_name(cfg: Config) -> str:
     """The ``storage`` setting without its password, for messages."""
+    import re
+
     return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", cfg.storage)
+
+
+def _run(coro: Any) -> Any:
+    import asyncio
+
+    return asyncio.run(coro)
 
 
 async def _with_storage(cfg: Config, fn: Any) -> Any:
@@ -114,7 +124,7 @@ def cmd_adduser(args: argparse.Namespace) -> int:
     pw = _read_password(args)
     creds = make_credentials(pw)
     assert j.local is not None
-    if not asyncio.run(_with_storage(cfg, lambda st: st.accounts.create(j.domain, j.local, creds))):
+    if not _run(_with_storage(cfg, lambda st: st.accounts.create(j.domain, j.local, creds))):
         raise CLIError(f"user {j.bare} already exists")
     print(f"created {j.bare}")
     return 0
@@ -128,7 +138,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     pw = _read_password(args)
     creds = make_credentials(pw)
     assert j.local is not None
-    if not asyncio.run(_with_storage(cfg, lambda st: st.accounts.set_credentials(j.domain, j.local, creds))):
+    if not _run(_with_storage(cfg, lambda st: st.accounts.set_credentials(j.domain, j.local, creds))):
         raise CLIError(f"user {j.bare} does not exist")
     print(f"password changed for {j.bare}")
     return 0
@@ -140,7 +150,7 @@ def cmd_deluser(args: argparse.Namespace) -> int:
     cfg = _config(args)
     j = _account_jid(cfg, args.jid)
     assert j.local is not None
-    if not asyncio.run(_with_storage(cfg, lambda st: st.accounts.delete(j.domain, j.local))):
+    if not _run(_with_storage(cfg, lambda st: st.accounts.delete(j.domain, j.local))):
         raise CLIError(f"user {j.bare} does not exist")
     notify(cfg.data_path(), {"op": "user-deleted", "host": j.domain, "user": j.local})
     print(f"deleted {j.bare}")
@@ -157,7 +167,7 @@ def cmd_users(args: argparse.Namespace) -> int:
             raise CLIError(f"invalid domain {args.domain!r}: {e}") from None
         if host not in cfg.domains:
             raise CLIError(f"domain {host!r} is not served here (domains: {', '.join(cfg.domains)})")
-    for h, u in asyncio.run(_with_storage(cfg, lambda st: st.accounts.list(host))):
+    for h, u in _run(_with_storage(cfg, lambda st: st.accounts.list(host))):
         print(f"{u}@{h}")
     return 0
 
@@ -187,9 +197,123 @@ def cmd_invite(args: argparse.Namespace) -> int:
     async def make(st: Any) -> str:
         return await create_invite(ModuleStores(st).open_store("register", INVITES_STORE, "map"), domain, expires)
 
-    token = asyncio.run(_with_storage(cfg, make))
+    token = _run(_with_storage(cfg, make))
     print(token)
     print(invite_uri(domain, token))
+    return 0
+
+
+# -- commands that ask the running server ------------------------------------------------------------
+def _ask(args: argparse.Namespace, req: dict[str, Any]) -> dict[str, Any]:
+    from .control import ControlRequestError, NotRunning, request
+
+    cfg = _config(args)
+    try:
+        return request(cfg.data_path(), req)
+    except (NotRunning, ControlRequestError) as e:
+        raise CLIError(str(e)) from None
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f"{d}d " if d else "") + (f"{h}h " if d or h else "") + f"{m}m {s}s"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1048576:.1f} MiB"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    r = _ask(args, {"op": "status"})
+    if args.json:
+        import json
+
+        r.pop("ok", None)
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"Rookery {r['version']}, pid {r['pid']}, up {_duration(r['uptime'])}")
+    print(f"domains: {', '.join(r['domains'])}")
+    for kind, addrs in r["listeners"].items():
+        print(f"listener {kind}: {', '.join(addrs)}")
+    total = sum(r["sessions"].values())
+    print(f"sessions: {total} ({', '.join(f'{d}: {n}' for d, n in r['sessions'].items())}); "
+          f"connections: {r['connections']}")
+    print(f"memory: {_bytes(r['memory_rss'])} RSS")
+    print(f"storage: {r['storage']}")
+    known = {"ok", "version", "pid", "uptime", "domains", "listeners", "sessions", "connections", "memory_rss",
+             "storage"}
+    for name, value in r.items():  # sections added by s2s, components, HTTP ...
+        if name not in known:
+            print(f"{name}: {value if not isinstance(value, (list, dict)) or value else 'none'}")
+            if isinstance(value, list):
+                for item in value:
+                    print(f"  {item}")
+    return 0
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    req: dict[str, Any] = {"op": "sessions"}
+    if args.jid is not None:
+        req["jid"] = _any_jid(_config(args), args.jid)
+    r = _ask(args, req)
+    if args.json:
+        import json
+
+        print(json.dumps(r["sessions"], indent=2))
+        return 0
+    for s in r["sessions"]:
+        idle = _duration(s["idle"]) if s["idle"] is not None else "-"
+        print(f"{s['jid']}  ip {s['ip'] or '-'}  tls {s['tls'] or '-'}  sasl {s['mechanism'] or '-'}  "
+              f"client {s['client'] or '-'}  idle {idle}  {s['state']}")
+    if not r["sessions"] and args.jid is not None:
+        raise CLIError(f"{args.jid} has no session")
+    return 0
+
+
+def _any_jid(cfg: Config, s: str) -> str:
+    """An account or full JID on a served domain (the error names the problem)."""
+    try:
+        j = JID.parse(s)
+    except InvalidJID as e:
+        raise CLIError(f"invalid JID {s!r}: {e}") from None
+    if j.local is None:
+        raise CLIError(f"invalid JID {s!r}: expected user@domain or user@domain/resource")
+    if j.domain not in cfg.domains:
+        raise CLIError(f"domain {j.domain!r} is not served here (domains: {', '.join(cfg.domains)})")
+    return j.full
+
+
+def cmd_kick(args: argparse.Namespace) -> int:
+    jid = _any_jid(_config(args), args.jid)
+    req = {"op": "kick", "jid": jid}
+    if args.reason:
+        req["reason"] = args.reason
+    r = _ask(args, req)
+    if not r["kicked"]:
+        raise CLIError(f"{jid} has no session")
+    for j in r["kicked"]:
+        print(f"kicked {j}")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    _config(args)  # a bad file is reported here, before the server is asked
+    r = _ask(args, {"op": "reload"})
+    print(f"reloaded: {', '.join(r['applied']) or 'nothing changed'}")
+    if r["restart"]:
+        print(f"needs a restart to take effect: {', '.join(r['restart'])}")
+    return 0
+
+
+def cmd_debug(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    j = _account_jid(cfg, args.jid)
+    r = _ask(args, {"op": "debug", "jid": j.bare, "on": not args.off})
+    print(f"stanza trace {'off' if args.off else 'on'} for {j.bare} (logger rookery.trace, level debug); "
+          f"traced now: {', '.join(r['tracing']) or 'none'}")
     return 0
 
 
@@ -202,29 +326,54 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from . import logsetup
+
     cfg = _config(args)
     _check_paths(cfg)
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations report themselves only on trouble
+    try:
+        logsetup.configure(cfg)
+    except OSError as e:
+        raise CLIError(f"log.file: cannot open {cfg.log.file}: {e.strerror or e}") from None
     try:
         import uvloop  # type: ignore[import-not-found]
 
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(_serve(cfg))
+    return int(runner(_serve(cfg, args.config)))
 
 
-async def _serve(cfg: Config) -> int:
+async def _serve(cfg: Config, config_path: str | None) -> int:
+    import asyncio
+    import gc
+    import logging
+    import signal
+
     from sqlalchemy.exc import SQLAlchemyError
 
+    from . import logsetup
     from .server import Server
 
+    log = logging.getLogger("rookery")
     server = Server(cfg)
+    server.config_path = config_path
+    server.manage_logging = True
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    async def reload() -> None:
+        try:
+            await server.reload()
+        except (ConfigError, OSError, ValueError) as e:
+            log.error("reload failed, nothing changed: %s", e)
+
+    # SIGHUP is `rookery reload` (never a kill); SIGUSR1 reopens the log file (logrotate)
+    loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(reload()))
+    loop.add_signal_handler(signal.SIGUSR1, logsetup.reopen)
     try:
         await server.start()
     except (OSError, SQLAlchemyError) as e:
@@ -235,17 +384,18 @@ async def _serve(cfg: Config) -> int:
     gc.collect()
     gc.freeze()
     await stop.wait()
-    logging.getLogger("rookery").info("shutting down")
+    log.info("shutting down")
     await server.stop()
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     helptext = "TOML configuration file (default: built-in defaults)"
-    p = argparse.ArgumentParser(prog="rookery", description="Rookery XMPP server")
+    p = _Parser(prog="rookery", description="Rookery XMPP server")
+    p.add_argument("--version", "-V", action="version", version=f"rookery {__version__}")
     p.add_argument("--config", "-c", metavar="FILE", help=helptext)
     # accepted after the sub-command too; SUPPRESS keeps a top-level --config from being reset
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", "-c", metavar="FILE", help=helptext, default=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", parents=[common], help="run the server").set_defaults(fn=cmd_serve)
@@ -266,8 +416,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--expires", "-e", default="604800", metavar="SECONDS",
                     help="how long the token is valid (default: 604800, a week)")
     sp.set_defaults(fn=cmd_invite)
+    sp = sub.add_parser("status", parents=[common], help="the running server: version, uptime, listeners, sessions")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.set_defaults(fn=cmd_status)
+    sp = sub.add_parser("sessions", parents=[common], help="connected resources (of one account or full JID)")
+    sp.add_argument("jid", nargs="?", help="user@domain or user@domain/resource")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.set_defaults(fn=cmd_sessions)
+    sp = sub.add_parser("kick", parents=[common], help="disconnect an account's sessions (or one resource)")
+    sp.add_argument("jid", help="user@domain or user@domain/resource")
+    sp.add_argument("--reason", "-r", help="the text sent with the <policy-violation/> stream error")
+    sp.set_defaults(fn=cmd_kick)
+    sub.add_parser("reload", parents=[common],
+                   help="re-read the configuration (same as SIGHUP)").set_defaults(fn=cmd_reload)
+    sp = sub.add_parser("debug", parents=[common], help="log every stanza of one account (at debug)")
+    sp.add_argument("jid", help="user@domain")
+    sp.add_argument("--off", action="store_true", help="stop tracing it")
+    sp.set_defaults(fn=cmd_debug)
     sub.add_parser("check", parents=[common], help="validate the configuration").set_defaults(fn=cmd_check)
     return p
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, like every other error
+        print(f"rookery: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,8 +47,13 @@ class C2SConfig(_Section):
     max_bytes_per_second: int = Field(65536, ge=0)
     burst_bytes: int = Field(524288, ge=0)
     auth_failure_delay: float = Field(1.0, ge=0)
-    max_auth_failures_per_ip: int = Field(20, ge=0)
+    #: wrong passwords per (address, account) before attempts are delayed exponentially (0: no limit)
+    max_auth_failures_per_account: int = Field(5, ge=0)
+    #: wrong passwords per address (IPv6: per /64), any account, before attempts are delayed (0: no limit)
+    max_auth_failures_per_ip: int = Field(100, ge=0)
     auth_failure_window: float = Field(300.0, gt=0)
+    #: the longest delay an attempt waits, in seconds
+    auth_max_delay: float = Field(60.0, gt=0)
     keepalive_interval: float = Field(300.0, ge=0)
     handshake_timeout: float = Field(60.0, gt=0)
     #: XEP-0198 §5: seconds a session whose connection was lost waits for <resume/> (0: no resumption)
@@ -77,7 +82,16 @@ MOZILLA_INTERMEDIATE = (
 )
 
 
+class TLSDomainConfig(_Section):
+    """``[tls.domains."example.org"]``: the certificate served to clients asking for that domain (SNI)."""
+
+    cert: str
+    key: str
+
+
 class TLSConfig(_Section):
+    #: per-domain certificates chosen by SNI (a subdomain without its own uses its parent's)
+    domains: dict[str, TLSDomainConfig] = {}
     cert: str | None = None
     key: str | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
@@ -100,6 +114,17 @@ class TLSConfig(_Section):
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key must be set together (or neither, for a self-signed certificate)")
         return self
+
+
+class LogConfig(_Section):
+    """``[log]``: where and how the server logs (stderr by default)."""
+
+    #: debug, info, warning or error (default: the top-level ``log_level``, itself "info")
+    level: Literal["debug", "info", "warning", "error"] | None = None
+    #: a file to append to (reopened on SIGUSR1 and ``rookery reload``, for logrotate); stderr when unset
+    file: str | None = None
+    #: "plain" (``time LEVEL logger: message``) or "json" (one JSON object per line)
+    format: Literal["plain", "json"] = "plain"
 
 
 class LimitsConfig(_Section):
@@ -168,6 +193,7 @@ class Config(_Section):
     module_options: dict[str, dict[str, Any]] = {}
     vhosts: dict[str, VHostConfig] = {}
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log: LogConfig = LogConfig()
     c2s: C2SConfig = C2SConfig()
     s2s: S2SConfig = S2SConfig()
     http: HTTPConfig = HTTPConfig()
@@ -257,6 +283,9 @@ class Config(_Section):
 
         for name in self.module_options:
             check_options(f"modules.{name}", name, self.options_of(name))
+        for domain in self.tls.domains:
+            if not any(domain == d or domain.endswith("." + d) for d in self.domains):
+                raise ValueError(f"tls.domains.{domain}: not a served domain (or a subdomain of one)")
         for domain, vh in self.vhosts.items():
             if domain not in self.domains:
                 raise ValueError(f"vhosts.{domain}: not one of the served domains")
@@ -288,6 +317,11 @@ class Config(_Section):
     def modules_for(self, host: str) -> list[str]:
         vh = self.vhosts.get(host)
         return list(vh.modules) if vh is not None and vh.modules is not None else list(self.modules)
+
+    @property
+    def effective_log_level(self) -> str:
+        """``[log] level``, else the top-level ``log_level``."""
+        return self.log.level or self.log_level
 
     def data_path(self, *parts: str) -> Path:
         return Path(self.data_dir).joinpath(*parts)

@@ -16,7 +16,7 @@ from inspect import isawaitable
 from typing import Any
 from xml.etree.ElementTree import Element
 
-from . import server_secret, tls
+from . import admin, server_secret, tls
 from .config import Config
 from .control import SOCKET_NAME, ControlServer
 from .jid import JID
@@ -41,6 +41,7 @@ from .transports.limits import ConnectionLimiter
 from .transports.tcp import Flusher, RateLimit, SendLimit, StreamProtocol, listen
 
 log = logging.getLogger(__name__)
+conn_log = logging.getLogger("rookery.c2s")
 
 FD_RESERVE = 64  # file descriptors kept for listeners, storage, logs, the control socket
 
@@ -89,7 +90,15 @@ class Server:
         self.route: Callable[[Stanza], Awaitable[Any] | None] = self.router.from_local
         self.elements: dict[str, Callable[..., Any]] = {}
         self.modules: ModuleManager | None = None
-        self.streams: set[C2SStream] = set()
+        #: open client streams -> when they started (time.monotonic())
+        self.streams: dict[C2SStream, float] = {}
+        #: ``rookery status`` sections added by other parts (s2s links, components, HTTP): name -> fn()
+        self.status_sections: dict[str, Callable[[], Any]] = {}
+        #: the file the configuration came from (``rookery reload`` reads it again); None: built-in defaults
+        self.config_path: str | None = None
+        #: the server owns the process's logging (``rookery serve``): reload re-applies ``[log]``
+        self.manage_logging = False
+        self.tracer = admin.Tracer(self)
         self.storage: Any = None
         self.listeners: list[asyncio.AbstractServer] = []
         #: actually bound addresses per listener kind, e.g. {"c2s": [("127.0.0.1", 5222)]}
@@ -98,12 +107,16 @@ class Server:
         self._control: ControlServer | None = None
         self.stopped = asyncio.Event()
         self.auth_limiter = AuthFailureLimiter(config.c2s.max_auth_failures_per_ip, config.c2s.auth_failure_window)
+        self.auth_limiter.configure(config.c2s)
         self._framer = StreamFramer()
         c = config.c2s
         self._limits = StreamLimits(c.max_stanza_size, c.max_depth, c.handshake_timeout)
         self._c2s_negotiators: Negotiators | None = None
         self.secret = b""  # server_secret, read at start
         self.admission: ConnectionLimiter | None = None  # made at start
+        self._rate_limit: RateLimit | None = None
+        self._send_limit: SendLimit | None = None
+        self.tls: Any = None  # tls.TLSManager, made at start
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -115,11 +128,12 @@ class Server:
         self.storage = make_storage(cfg.storage, str(data_dir), offline_limit=cfg.offline_limit)
         await self.storage.open()
         self.secret = server_secret.load_or_create(data_dir)
-        cert, key = tls.ensure_certificate(cfg.tls.cert, cfg.tls.key, data_dir, cfg.domains)
-        self.cert_path = cert
-        starttls_ctx = tls.server_context(cert, key, cfg.tls.min_version, ciphers=cfg.tls.ciphers)
-        direct_ctx = tls.server_context(cert, key, cfg.tls.min_version, alpn=["xmpp-client"], ciphers=cfg.tls.ciphers)
-        cb_data = tls.tls_server_end_point(cert)
+        self.tls = tls.TLSManager(cfg, data_dir)
+        self.tls.load()
+        self.cert_path = self.tls.default_cert
+        starttls_ctx, direct_ctx = self.tls.starttls, self.tls.direct
+        cb_data = self.tls.cb_data(None)
+        cb_lookup = self.tls.cb_data
         self.modules = ModuleManager(cfg, router=self.router, sessions=self.sessions, routes=self.routes,
                                      events=self.events, tables=self.tables, elements=self.elements,
                                      storage=self.storage, tasks=self.tasks, started_at=self.started_at)
@@ -133,7 +147,8 @@ class Server:
         rate = cfg.c2s.max_bytes_per_second
         limit = RateLimit(rate, max(cfg.c2s.burst_bytes, cfg.c2s.max_stanza_size)) if rate > 0 else None
 
-        send_limit = SendLimit(cfg.limits.max_send_buffer, cfg.limits.send_timeout)
+        send_limit = self._send_limit = SendLimit(cfg.limits.max_send_buffer, cfg.limits.send_timeout)
+        self._rate_limit = limit
 
         def c2s_stream(t: StreamProtocol) -> C2SStream:
             t.set_rate_limit(limit)
@@ -142,7 +157,7 @@ class Server:
 
         def c2s_factory(ctx: Any, direct: bool) -> Any:
             def make() -> StreamProtocol:
-                return StreamProtocol(c2s_stream, ctx, direct, cb_data, flusher, self.admission)
+                return StreamProtocol(c2s_stream, ctx, direct, cb_data, flusher, self.admission, cb_lookup)
             return make
 
         for spec in cfg.c2s.listen:
@@ -271,12 +286,18 @@ class Server:
         return session
 
     def stream_started(self, stream: C2SStream) -> None:
-        self.streams.add(stream)
+        self.streams[stream] = time.monotonic()
+        if conn_log.isEnabledFor(logging.INFO):
+            conn_log.info("connection from %s opened", stream.transport.peer_ip)
 
     def stream_ended(self, stream: C2SStream, session: Session | None) -> None:
         """A c2s stream is over.  Its session ends, unless a module keeps it detached
         (the ``session-stream-lost`` fold returns True: XEP-0198 resumption)."""
-        self.streams.discard(stream)
+        started = self.streams.pop(stream, None)
+        if conn_log.isEnabledFor(logging.INFO):
+            conn_log.info("connection from %s closed: stream %s, %s, %.1f s", stream.transport.peer_ip,
+                          stream.stream_id or "-", stream.jid or stream.username or "not authenticated",
+                          time.monotonic() - started if started is not None else 0.0)
         if session is None:
             return
         keep = self.events.fold("session-stream-lost", False, session)
@@ -321,6 +342,91 @@ class Server:
 
     async def _account_exists(self, host: str, user: str) -> bool:
         return bool(await self.storage.accounts.exists(host, user))
+
+    # -- reload ------------------------------------------------------------------------------
+    #: settings a reload applies to the running server (the rest need a restart)
+    HOT = {
+        "log_level", "log",
+        "c2s.require_encryption", "c2s.allow_plaintext_auth", "c2s.max_stanza_size", "c2s.max_depth",
+        "c2s.max_bytes_per_second", "c2s.burst_bytes", "c2s.auth_failure_delay", "c2s.max_auth_failures_per_ip",
+        "c2s.auth_failure_window", "c2s.keepalive_interval", "c2s.handshake_timeout",
+        "c2s.max_auth_failures_per_account", "c2s.auth_max_delay",
+        "limits.max_connections", "limits.max_connections_per_ip", "limits.max_unauthenticated_per_ip",
+        "limits.max_send_buffer", "limits.send_timeout",
+        "tls",
+    }
+
+    async def reload(self) -> dict[str, Any]:
+        """``rookery reload`` / SIGHUP: read the configuration file again and apply what can change
+        without dropping connections (``HOT``: logging, limits, certificates); name what needs a
+        restart.  A bad file changes nothing."""
+        from .config import load_config
+
+        if self.config_path is None:
+            new = self.config.__class__()
+        else:
+            new = load_config(self.config_path)  # ConfigError: the caller reports it, nothing changed
+        old = self.config
+        changed: list[str] = []
+        for name in type(old).model_fields:
+            a, b = getattr(old, name), getattr(new, name)
+            if a == b:
+                continue
+            if name in ("c2s", "limits") :
+                for key in type(a).model_fields:
+                    if getattr(a, key) != getattr(b, key):
+                        changed.append(f"{name}.{key}")
+            else:
+                changed.append(name)
+        applied = [k for k in changed if k in self.HOT]
+        restart = [k for k in changed if k not in self.HOT]
+        if "tls" in applied:
+            mgr = tls.TLSManager(new, self.config.data_path())  # check the new files before touching anything
+            mgr.pairs()
+            self.tls.cfg = new
+            try:
+                self.tls.load()
+            except (OSError, ValueError):
+                self.tls.cfg = old
+                raise
+        elif self.tls is not None:
+            self.tls.load()  # renewed certificate files (same paths) are picked up by every reload
+        for k in applied:
+            section, _, key = k.partition(".")
+            if key:
+                setattr(getattr(old, section), key, getattr(getattr(new, section), key))
+            else:
+                setattr(old, section, getattr(new, section))
+        self._apply_limits()
+        if self.manage_logging and ("log" in applied or "log_level" in applied):
+            from . import logsetup
+
+            logsetup.configure(old)
+        log.info("configuration reloaded from %s: %s%s", self.config_path or "built-in defaults",
+                 f"applied {', '.join(applied)}" if applied else "no change applied",
+                 f"; needs a restart: {', '.join(restart)}" if restart else "")
+        return {"applied": applied, "restart": restart}
+
+    def _apply_limits(self) -> None:
+        """Push the (possibly reloaded) limit settings into the objects that enforce them."""
+        c, lim = self.config.c2s, self.config.limits
+        self._limits.max_stanza_size = c.max_stanza_size
+        self._limits.max_depth = c.max_depth
+        self._limits.handshake_timeout = c.handshake_timeout
+        self.auth_limiter.configure(c)
+        for n in (self._c2s_negotiators.order if self._c2s_negotiators is not None else []):
+            if hasattr(n, "failure_delay"):
+                n.failure_delay = c.auth_failure_delay
+        if self._rate_limit is not None and c.max_bytes_per_second > 0:
+            self._rate_limit.rate = c.max_bytes_per_second
+            self._rate_limit.burst = max(c.burst_bytes, c.max_stanza_size)
+        if self._send_limit is not None:
+            self._send_limit.max_buffer = lim.max_send_buffer
+            self._send_limit.timeout = lim.send_timeout
+        if self.admission is not None:
+            self.admission.max_total = self._max_connections()
+            self.admission.max_per_ip = lim.max_connections_per_ip
+            self.admission.max_unauthenticated_per_ip = lim.max_unauthenticated_per_ip
 
     # -- account events ----------------------------------------------------------------------
     async def user_deleted(self, host: str, user: str) -> None:

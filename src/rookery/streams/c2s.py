@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from time import monotonic as _monotonic
 from typing import Any, Protocol
 from xml.etree.ElementTree import Element
 
@@ -167,6 +168,7 @@ class C2SStream(XMLStream):
         if session is not None:
             if tag in _STANZA_KINDS:
                 session.stanzas_in += 1
+                session.last_active = _monotonic()
                 return self._route(session, el)
             h = self.host.element_handler(tag)
             if h is not None:
