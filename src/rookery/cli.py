@@ -116,17 +116,84 @@ async def _with_storage(cfg: Config, fn: Any) -> Any:
         await st.close()
 
 
+def _notify(cfg: Config, req: dict[str, Any]) -> None:
+    from .control import notify
+
+    notify(cfg.data_path(), req)
+
+
+def _bulk_users(cfg: Config, args: argparse.Namespace) -> list[tuple[JID, str | None]]:
+    """The accounts to create: several JIDs, or ``--from-file`` lines ``user@domain [password]``
+    (``-``: stdin; blank lines and ``#`` comments skipped).  Every line is checked before anything
+    is created."""
+    out: list[tuple[JID, str | None]] = [(_account_jid(cfg, j), args.password) for j in args.jid]
+    if args.from_file is not None:
+        try:
+            if args.from_file == "-":
+                lines = sys.stdin.read().splitlines()
+            else:
+                with open(args.from_file, encoding="utf-8") as f:
+                    lines = f.read().splitlines()
+        except OSError as e:
+            raise CLIError(f"--from-file: cannot read {args.from_file}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise CLIError(f"--from-file: {args.from_file} is not UTF-8 text") from None
+        for n, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            jid, _, pw = line.partition(" ")
+            try:
+                j = _account_jid(cfg, jid)
+            except CLIError as e:
+                raise CLIError(f"{args.from_file}, line {n}: {e}") from None
+            out.append((j, pw.strip() or None))
+    seen: set[str] = set()
+    for j, _ in out:
+        if j.bare in seen:
+            raise CLIError(f"{j.bare} is named twice")
+        seen.add(j.bare)
+    if not out:
+        raise CLIError("no account to create (give user@domain, or --from-file with one per line)")
+    return out
+
+
 def cmd_adduser(args: argparse.Namespace) -> int:
+    import secrets
+
     from .streams.sasl import make_credentials
 
     cfg = _config(args)
-    j = _account_jid(cfg, args.jid)
-    pw = _read_password(args)
-    creds = make_credentials(pw)
-    assert j.local is not None
-    if not _run(_with_storage(cfg, lambda st: st.accounts.create(j.domain, j.local, creds))):
-        raise CLIError(f"user {j.bare} already exists")
-    print(f"created {j.bare}")
+    if len(args.jid) == 1 and args.from_file is None:
+        j = _account_jid(cfg, args.jid[0])
+        pw = _read_password(args)
+        creds = make_credentials(pw)
+        assert j.local is not None
+        if not _run(_with_storage(cfg, lambda st: st.accounts.create(j.domain, j.local, creds))):
+            raise CLIError(f"user {j.bare} already exists")
+        _notify(cfg, {"op": "user-created", "host": j.domain, "user": j.local})
+        print(f"created {j.bare}")
+        return 0
+    todo = _bulk_users(cfg, args)
+    made = [(j, pw or secrets.token_urlsafe(12), pw is None) for j, pw in todo]
+
+    async def create(st: Any) -> list[str]:
+        import asyncio
+
+        exists = []
+        for j, pw, _ in made:
+            creds = await asyncio.to_thread(make_credentials, pw)
+            if not await st.accounts.create(j.domain, j.local, creds):
+                exists.append(j.bare)
+        return exists
+
+    exists = _run(_with_storage(cfg, create))
+    for j, pw, generated in made:
+        if j.bare not in exists:
+            _notify(cfg, {"op": "user-created", "host": j.domain, "user": j.local})
+            print(f"created {j.bare}" + (f" {pw}" if generated else ""))
+    if exists:
+        raise CLIError(f"{len(exists)} of {len(made)} already existed, not changed: {', '.join(exists)}")
     return 0
 
 
@@ -399,12 +466,18 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", "-c", metavar="FILE", help=helptext, default=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", parents=[common], help="run the server").set_defaults(fn=cmd_serve)
-    for name, fn, helptext in (("adduser", cmd_adduser, "create an account"),
-                               ("passwd", cmd_passwd, "change an account's password")):
-        sp = sub.add_parser(name, parents=[common], help=helptext)
-        sp.add_argument("jid", help="user@domain")
-        sp.add_argument("--password", "-p", help="the password (prompted for when omitted; read from stdin when not a terminal)")
-        sp.set_defaults(fn=fn)
+    pwhelp = "the password (prompted for when omitted; read from stdin when not a terminal)"
+    sp = sub.add_parser("adduser", parents=[common], help="create accounts")
+    sp.add_argument("jid", nargs="*", help="user@domain (several: each gets --password or a generated one, printed)")
+    sp.add_argument("--password", "-p", help=pwhelp)
+    sp.add_argument("--from-file", "-f", metavar="FILE",
+                    help="create the accounts listed in FILE, one 'user@domain [password]' per line (-: stdin); "
+                         "a generated password is printed for lines without one")
+    sp.set_defaults(fn=cmd_adduser)
+    sp = sub.add_parser("passwd", parents=[common], help="change an account's password")
+    sp.add_argument("jid", help="user@domain")
+    sp.add_argument("--password", "-p", help=pwhelp)
+    sp.set_defaults(fn=cmd_passwd)
     sp = sub.add_parser("deluser", parents=[common], help="delete an account and all its data")
     sp.add_argument("jid", help="user@domain")
     sp.set_defaults(fn=cmd_deluser)

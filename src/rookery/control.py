@@ -42,7 +42,13 @@ async def _user_deleted(server: Server, req: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _user_created(server: Server, req: dict[str, Any]) -> dict[str, Any]:
+    log.info("account %s@%s created", req["user"], req["host"])
+    return {}
+
+
 register_op("user-deleted", _user_deleted)
+register_op("user-created", _user_created)
 
 
 class ControlServer:

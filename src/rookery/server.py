@@ -431,6 +431,7 @@ class Server:
     # -- account events ----------------------------------------------------------------------
     async def user_deleted(self, host: str, user: str) -> None:
         """An account is gone: disconnect its sessions, let modules forget it."""
+        log.info("account %s@%s deleted", user, host)
         ref: SessionRef
         for ref in list(self.sessions.resources(f"{user}@{host}").values()):
             self.sessions.close(ref, "not-authorized", "account deleted")
