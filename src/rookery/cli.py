@@ -270,6 +270,74 @@ def cmd_invite(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- XEP-0227 export / import ------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    """All accounts (of one domain) with their data, as XEP-0227, to a file or stdout."""
+    import os
+
+    from .storage.sql import export_accounts
+    from .xep0227 import export_xml
+
+    cfg = _config(args)
+    host = None
+    if args.domain is not None:
+        host = args.domain.lower()
+        if host not in cfg.domains:
+            raise CLIError(f"domain {args.domain!r} is not served here (domains: {', '.join(cfg.domains)})")
+    accounts = _run(_with_storage(cfg, lambda st: export_accounts(st, host)))
+    text = export_xml(accounts)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        try:  # it holds password hashes: readable by its owner only
+            fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise CLIError(f"cannot write {args.output}: {e.strerror or e}") from None
+        print(f"exported {len(accounts)} account(s) to {args.output}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Create the accounts of a XEP-0227 file (Rookery's, Prosody's, ejabberd's) with their data, in one
+    transaction: a malformed file, or an account that exists already, changes nothing."""
+    from .storage.sql import import_accounts
+    from .xep0227 import PIEError, parse
+
+    cfg = _config(args)
+    try:
+        if args.file == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(args.file, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise CLIError(f"cannot read {args.file}: {e.strerror or e}") from None
+    try:
+        accounts, skipped = parse(data, cfg.domains)
+    except PIEError as e:
+        raise CLIError(f"{args.file}: {e}; nothing imported") from None
+
+    async def write(st: Any) -> None:
+        try:
+            await import_accounts(st, accounts)
+        except FileExistsError as e:
+            raise CLIError(f"{args.file}: account {e} exists already; nothing imported") from None
+
+    _run(_with_storage(cfg, write))
+    for a in accounts:
+        _notify(cfg, {"op": "user-created", "host": a.host, "user": a.user})
+    print(f"imported {len(accounts)} account(s) from {args.file}")
+    partial = [f"{a.user}@{a.host}" for a in accounts if a.creds and "SHA-256" not in a.creds]
+    if partial:
+        print(f"{len(partial)} account(s) have no SCRAM-SHA-256 keys (e.g. {partial[0]}): "
+              "they log in with the mechanisms they have keys for, or PLAIN, until `rookery passwd` sets new keys")
+    if skipped:
+        print("skipped (not kept by this server): " + ", ".join(f"{t} x{n}" for t, n in sorted(skipped.items())))
+    return 0
+
+
 # -- commands that ask the running server ------------------------------------------------------------
 def _ask(args: argparse.Namespace, req: dict[str, Any]) -> dict[str, Any]:
     from .control import ControlRequestError, NotRunning, request
@@ -489,6 +557,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--expires", "-e", default="604800", metavar="SECONDS",
                     help="how long the token is valid (default: 604800, a week)")
     sp.set_defaults(fn=cmd_invite)
+    sp = sub.add_parser("export", parents=[common], help="write all accounts and their data as XEP-0227 XML")
+    sp.add_argument("output", nargs="?", help="the file to write (default: stdout); created 0600")
+    sp.add_argument("--domain", "-d", help="only this domain's accounts")
+    sp.set_defaults(fn=cmd_export)
+    sp = sub.add_parser("import", parents=[common],
+                        help="create the accounts of a XEP-0227 file (Rookery, Prosody, ejabberd exports)")
+    sp.add_argument("file", help="the XEP-0227 file (-: stdin)")
+    sp.set_defaults(fn=cmd_import)
     sp = sub.add_parser("status", parents=[common], help="the running server: version, uptime, listeners, sessions")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(fn=cmd_status)

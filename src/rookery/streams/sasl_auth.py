@@ -50,13 +50,15 @@ def mechanisms(stream: Any) -> list[str]:
 
 
 async def check_password(creds: CredentialSource, host: str, user: str, password: str) -> bool:
-    """Verify a plaintext password against the stored SCRAM-SHA-256 keys (off the event loop)."""
+    """Verify a plaintext password against the stored SCRAM keys (off the event loop)."""
     if not user:
         return False
     stored = await creds.get_credentials(host, user)
-    if not stored or "SHA-256" not in stored:
+    if not stored:
         return False
-    return await asyncio.to_thread(sasl.check_password, password, stored["SHA-256"], "SHA-256")
+    # SHA-256 keys, else whatever an import brought (Prosody exports only SCRAM-SHA-1 keys)
+    name = "SHA-256" if "SHA-256" in stored else next(iter(sorted(stored)))
+    return await asyncio.to_thread(sasl.check_password, password, stored[name], name)
 
 
 class SASLState:
