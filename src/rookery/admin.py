@@ -195,6 +195,13 @@ class Tracer:
         return el
 
 
-for _name, _fn in (("status", status), ("sessions", sessions), ("kick", kick), ("reload", reload),
+def reload_tls(server: Server, req: dict[str, Any]) -> dict[str, Any]:
+    """``rookery cert import``: load the certificate files again (open connections keep theirs)."""
+    domains = server.tls.load()
+    log.info("certificates reloaded (own certificates for: %s)", ", ".join(domains) or "none")
+    return {"domains": domains}
+
+
+for _name, _fn in (("reload-tls", reload_tls), ("status", status), ("sessions", sessions), ("kick", kick), ("reload", reload),
                    ("debug", debug)):
     register_op(_name, _fn)

@@ -270,6 +270,126 @@ def cmd_invite(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- certificates ------------------------------------------------------------------------------------
+def _cert_problems(cfg: Config, out: list[str]) -> list[str]:
+    """For ``cert check`` and ``check``: a line per served domain into ``out``; the problems found."""
+    import datetime
+    from pathlib import Path
+
+    from .tls import covers, describe
+
+    problems: list[str] = []
+    tls_dir = cfg.data_path("tls")
+    now = datetime.datetime.now(datetime.UTC)
+    for d in cfg.domains:
+        cert: Path | None = None
+        key: Path | None = None
+        origin = ""
+        for name, pair in cfg.tls.domains.items():
+            if name == d:
+                cert, key, origin = Path(pair.cert), Path(pair.key), f'[tls.domains."{d}"]'
+        if cert is None and (tls_dir / f"{d}.crt").exists():
+            cert, key, origin = tls_dir / f"{d}.crt", tls_dir / f"{d}.key", "imported"
+        if cert is None and cfg.tls.cert and cfg.tls.key:
+            cert, key, origin = Path(cfg.tls.cert), Path(cfg.tls.key), "[tls] cert"
+        if cert is None:
+            cert, key, origin = tls_dir / "rookery.crt", tls_dir / "rookery.key", "self-signed"
+            if not cert.exists():
+                out.append(f"{d}: no certificate yet (a self-signed one is made at first start)")
+                continue
+        assert key is not None
+        try:
+            info = describe(cert)
+        except (OSError, ValueError) as e:
+            problems.append(f"{d}: cannot read {cert}: {getattr(e, 'strerror', None) or e}")
+            continue
+        try:
+            from .tls import server_context
+
+            server_context(cert, key)
+        except (OSError, ValueError) as e:
+            problems.append(f"{d}: {cert} / {key} do not load as a pair: {getattr(e, 'strerror', None) or e}")
+        names = [str(n) for n in info["names"]]  # type: ignore[attr-defined]
+        not_after: datetime.datetime = info["not_after"]  # type: ignore[assignment]
+        days = (not_after - now).days
+        chain = int(info["chain_length"])  # type: ignore[call-overload]
+        out.append(f"{d}: {cert} ({origin}{', self-signed' if info['self_signed'] else ''}), "
+                   f"expires {not_after:%Y-%m-%d} ({days} days), names {', '.join(names)}, "
+                   f"chain of {chain}{'' if info['chain_ok'] else ' OUT OF ORDER'}")
+        if not covers(names, d):
+            problems.append(f"{d}: the certificate {cert} does not cover it (names: {', '.join(names)})")
+        if not_after < now:
+            problems.append(f"{d}: the certificate {cert} expired on {not_after:%Y-%m-%d}")
+        elif days < 14:
+            out.append(f"warning: {d}: the certificate expires in {days} days")
+        if not info["chain_ok"]:
+            problems.append(f"{d}: the chain in {cert} is not in order (leaf first, then each issuer)")
+    return problems
+
+
+def cmd_cert_check(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    lines: list[str] = []
+    problems = _cert_problems(cfg, lines)
+    for ln in lines:
+        print(ln)
+    if problems:
+        raise CLIError("; ".join(problems))
+    return 0
+
+
+def cmd_cert_import(args: argparse.Namespace) -> int:
+    """Let's Encrypt style ``<DIR>/<name>/fullchain.pem`` + ``privkey.pem`` (or DIR itself holding
+    them): each served domain a certificate covers is copied to ``<data_dir>/tls/<domain>.crt/.key``."""
+    import os
+    from pathlib import Path
+
+    from .tls import covers, describe, server_context
+
+    cfg = _config(args)
+    src = Path(args.dir)
+    try:
+        subdirs = [src] + sorted(p for p in src.iterdir() if p.is_dir())
+    except OSError as e:
+        raise CLIError(f"cannot read the directory {src}: {e.strerror or e}") from None
+    found: dict[str, tuple[Path, Path, str]] = {}
+    for sd in subdirs:
+        chain, key = sd / "fullchain.pem", sd / "privkey.pem"
+        try:
+            if not (chain.is_file() and key.is_file()):
+                continue
+            info = describe(chain)
+            server_context(chain, key)
+        except (OSError, ValueError) as e:
+            raise CLIError(f"cannot use {chain} / {key}: {getattr(e, 'strerror', None) or e}") from None
+        names = [str(n) for n in info["names"]]  # type: ignore[attr-defined]
+        for d in cfg.domains:
+            if covers(names, d) and (d not in found or sd.name == d):
+                found[d] = (chain, key, f"{info['not_after']:%Y-%m-%d}")
+    if not found:
+        raise CLIError(f"no certificate in {src} covers a served domain ({', '.join(cfg.domains)}); "
+                       "expected <name>/fullchain.pem and <name>/privkey.pem")
+    _check_paths(cfg)
+    tls_dir = cfg.data_path("tls")
+    tls_dir.mkdir(mode=0o700, exist_ok=True)
+    for d, (chain, key, expires) in sorted(found.items()):
+        for source, dest, mode in ((key, tls_dir / f"{d}.key", 0o600), (chain, tls_dir / f"{d}.crt", 0o644)):
+            tmp = dest.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(source.read_bytes())
+            os.replace(tmp, dest)
+        print(f"imported {d} from {chain.parent} (expires {expires})")
+    for d in cfg.domains:
+        if d not in found:
+            print(f"no certificate for {d} in {src}")
+    from .control import notify
+
+    if notify(cfg.data_path(), {"op": "reload-tls"}) is not None:
+        print("the running server uses them now")
+    return 0
+
+
 # -- XEP-0227 export / import ------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
     """All accounts (of one domain) with their data, as XEP-0227, to a file or stdout."""
@@ -457,6 +577,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     _check_paths(cfg, create=False)
     print(f"configuration OK: domains {', '.join(cfg.domains)}; storage {_storage_name(cfg)}; "
           f"{len(cfg.modules)} modules")
+    lines: list[str] = []
+    problems = _cert_problems(cfg, lines)
+    for ln in lines:
+        print(f"certificate {ln}" if not ln.startswith("warning:") else ln)
+    if cfg.storage != "sqlite" or cfg.data_path().exists():
+        async def probe(st: Any) -> None:  # reachable and writable: one write, then its removal
+            await st.kv.set("rookery-check", "", "", "probe", "1")
+            await st.kv.delete("rookery-check", "", "", "probe")
+
+        try:
+            _run(_with_storage(cfg, probe))
+            print(f"storage OK: {_storage_name(cfg)} is reachable and writable")
+        except CLIError as e:
+            problems.append(str(e))
+        except Exception as e:  # a read-only database file, a permission problem ...
+            problems.append(f"storage: cannot write to {_storage_name(cfg)}: {str(e).splitlines()[0]}")
+    else:
+        print(f"storage: {cfg.data_dir} does not exist yet; it is created at first start")
+    if cfg.s2s.listen:
+        print("warning: [s2s] listen does nothing in this build (no federation yet)")
+    if problems:
+        raise CLIError("; ".join(problems))
     return 0
 
 
@@ -565,6 +707,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="create the accounts of a XEP-0227 file (Rookery, Prosody, ejabberd exports)")
     sp.add_argument("file", help="the XEP-0227 file (-: stdin)")
     sp.set_defaults(fn=cmd_import)
+    sp = sub.add_parser("cert", parents=[common], help="certificates: import, check")
+    csub = sp.add_subparsers(dest="cert_command", required=True)
+    cp = csub.add_parser("import", parents=[common],
+                         help="take fullchain.pem/privkey.pem per domain from DIR (e.g. /etc/letsencrypt/live)")
+    cp.add_argument("dir")
+    cp.set_defaults(fn=cmd_cert_import)
+    csub.add_parser("check", parents=[common], help="names, expiry and chain of each domain's certificate"
+                    ).set_defaults(fn=cmd_cert_check)
     sp = sub.add_parser("status", parents=[common], help="the running server: version, uptime, listeners, sessions")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(fn=cmd_status)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import signal
 import socket
@@ -327,3 +328,63 @@ def test_adduser_several_jids_and_from_file(tmp_path):
     assert r.returncode == 1 and "created c2@localhost" in r.stdout and "b1@localhost" in r.stderr
     users = cli("users", "-c", cfg).stdout.split()
     assert sorted(users) == ["a1@localhost", "a2@example.org", "b1@localhost", "b2@localhost", "c2@localhost"]
+
+
+# -- authentication limits: honest clients are never locked out ---------------------------------------
+
+
+async def test_channel_binding_variants_before_the_right_login_never_slow_or_lock_out(rookery_server_factory):
+    """Issue 7 item 7: slixmpp 1.8 tries channel-binding variants first (tls-unique, tls-exporter: not
+    offered here) and falls back; those failures test no password and must not count, however often."""
+    from test_streams import _scram
+
+    s = rookery_server_factory(c2s={"max_auth_failures_per_ip": 3, "max_auth_failures_per_account": 2,
+                                    "auth_failure_delay": 0.5})
+    jid, pw = s.make_user()
+    user = jid.split("@")[0]
+    for _ in range(6):  # six logins in a row from one address, each after two failed variants
+        c = await RawClient().connect(s.direct_tls_port, tls=True)
+        await c.open_stream()
+        for cb_type in ("tls-unique", "tls-exporter"):
+            first = base64.b64encode(f"p={cb_type},,n={user},r=abcdef0123456789".encode()).decode()
+            c.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256-PLUS'>{first}</auth>")
+            el = await c.recv()
+            assert el.tag.endswith("}failure"), el.tag
+        # a wrong tls-server-end-point value (a proxy in between): a negotiation failure too
+        el = await _scram(c, "SCRAM-SHA-256-PLUS", user, pw, ("tls-server-end-point", b"\0" * 32))
+        assert el.tag.endswith("}failure"), el.tag
+        t0 = time.monotonic()
+        el = await _scram(c, "SCRAM-SHA-256", user, pw, None)
+        assert el.tag.endswith("}success"), el.tag
+        assert time.monotonic() - t0 < 0.5  # not delayed
+        await c.close()
+    assert s.call_sync(s.server.auth_limiter.delay, "127.0.0.1", user) == 0
+
+
+async def test_wrong_passwords_delay_that_account_from_that_address_first(rookery_server_factory):
+    from test_streams import _scram
+
+    s = rookery_server_factory(c2s={"max_auth_failures_per_ip": 50, "max_auth_failures_per_account": 2,
+                                    "auth_failure_delay": 0.2})
+    jid, pw = s.make_user()
+    other, other_pw = s.make_user()
+    user = jid.split("@")[0]
+    for _ in range(2):
+        c = await RawClient().connect(s.direct_tls_port, tls=True)
+        await c.open_stream()
+        assert (await _scram(c, "SCRAM-SHA-256", user, "wrong", None)).tag.endswith("}failure")
+        await c.close()
+    # that account from that address now waits (0.2 s * 2 for the first attempt over), then logs in
+    c = await RawClient().connect(s.direct_tls_port, tls=True)
+    await c.open_stream()
+    t0 = time.monotonic()
+    assert (await _scram(c, "SCRAM-SHA-256", user, pw, None)).tag.endswith("}success")
+    assert time.monotonic() - t0 >= 0.4
+    await c.close()
+    # another account from the same address is not slowed down
+    c = await RawClient().connect(s.direct_tls_port, tls=True)
+    await c.open_stream()
+    t0 = time.monotonic()
+    assert (await _scram(c, "SCRAM-SHA-256", other.split("@")[0], other_pw, None)).tag.endswith("}success")
+    assert time.monotonic() - t0 < 0.4
+    await c.close()
