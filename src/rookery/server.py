@@ -327,18 +327,23 @@ class Server:
         """Unregister, tell modules (``session-ended``: presence broadcasts unavailable, RFC 6121
         §4.5.3), and re-route what was queued for it while detached (RFC 6121 §8.5.3.2.1: messages
         go to the account's other resources or offline storage; nothing acknowledged is lost)."""
+        r = self._end_session(session)
+        if r is not None:
+            self.tasks.spawn(r)
+
+    def _end_session(self, session: Session) -> Awaitable[Any] | None:
+        """``end_session``; returns what the ``session-ended`` handlers still do (to spawn or await)."""
         if session.ended:
-            return
+            return None
         session.detach()
         session.ended = True
         self.sessions.remove(session)  # a no-op when a new session took its full JID (§7.7.2.2)
         r = self.events.fire("session-ended", session)
-        if r is not None:
-            self.tasks.spawn(r)
         for el in session.take_queue():
-            r = self.router.send(el)
-            if r is not None:
-                self.tasks.spawn(r)
+            sent = self.router.send(el)
+            if sent is not None:
+                self.tasks.spawn(sent)
+        return r
 
     async def _account_exists(self, host: str, user: str) -> bool:
         return bool(await self.storage.accounts.exists(host, user))
@@ -433,8 +438,17 @@ class Server:
         """An account is gone: disconnect its sessions, let modules forget it."""
         log.info("account %s@%s deleted", user, host)
         ref: SessionRef
+        ending = []
         for ref in list(self.sessions.resources(f"{user}@{host}").values()):
             self.sessions.close(ref, "not-authorized", "account deleted")
+            if isinstance(ref, Session):  # ended now, not kept for resumption (XEP-0198)
+                ending.append(self._end_session(ref))
+        for r in ending:
+            if r is not None:
+                await r
         r = self.events.fire("user-deleted", host, user)
         if r is not None:
             await r
+        if self.storage is not None and not await self.storage.accounts.exists(host, user):
+            # what the sessions' ends wrote (last activity, the last presence) goes too: every row
+            await self.storage.accounts.delete(host, user)

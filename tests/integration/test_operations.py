@@ -388,3 +388,41 @@ async def test_wrong_passwords_delay_that_account_from_that_address_first(rooker
     assert (await _scram(c, "SCRAM-SHA-256", other.split("@")[0], other_pw, None)).tag.endswith("}success")
     assert time.monotonic() - t0 < 0.4
     await c.close()
+
+
+# -- deluser removes every row ------------------------------------------------------------------------
+
+
+async def test_deluser_of_a_connected_user_leaves_no_row_behind(served):
+    import sqlite3
+
+    jid, friend = user(), user()
+    for j in (jid, friend):
+        assert (await acli("adduser", j, "-p", "pw", "-c", served.config)).returncode == 0
+    c = await RawClient().login(served.port, jid, "pw")
+    f = await RawClient().login(served.port, friend, "pw")
+    try:
+        await c.iq(f"<iq type='set' id='r1'><query xmlns='jabber:iq:roster'><item jid='{friend}'/></query></iq>")
+        await f.iq(f"<iq type='set' id='r2'><query xmlns='jabber:iq:roster'><item jid='{jid}'/></query></iq>")
+        await c.iq("<iq type='set' id='v'><vCard xmlns='vcard-temp'><FN>Gone Soon</FN></vCard></iq>")
+        c.send("<presence/>")
+        c.send("<presence type='unavailable'><status>bye</status></presence>")
+        c.send("<presence/>")
+        await c.iq("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        r = await acli("deluser", jid, "-c", served.config)
+        assert r.returncode == 0, r.stderr
+        await asyncio.sleep(0.5)  # whatever the sessions' ends would have written has landed by now
+        db = sqlite3.connect(served.data_dir / "rookery.sqlite")
+        try:
+            local = jid.split("@")[0]
+            tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                      if "username" in [c[1] for c in db.execute(f"PRAGMA table_info({t})")]]
+            left = {t: n for t in tables
+                    if (n := db.execute(f"SELECT count(*) FROM {t} WHERE username = ?", (local,)).fetchone()[0])}
+            assert left == {}
+            assert db.execute("SELECT count(*) FROM roster_items WHERE contact = ?", (jid,)).fetchone()[0] == 0
+        finally:
+            db.close()
+    finally:
+        await c.close()
+        await f.close()
