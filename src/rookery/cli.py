@@ -65,15 +65,52 @@ def _read_password(args: argparse.Namespace) -> str:
     return pw
 
 
-def _check_paths(cfg: Config, create: bool = True) -> None:
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _check_writable(cfg: Config) -> None:
+    """The data dir and the SQLite database must be writable by this process (the server would start
+    and then fail every write)."""
+    import os
+
+    data = cfg.data_path()
+    who = f"user {_user_name(os.geteuid())}"
+    if not os.access(data, os.W_OK | os.X_OK):
+        raise CLIError(f"data_dir: {data} is not writable by {who}; fix its owner or mode (chown/chmod)")
+    if cfg.storage == "sqlite":
+        for name in ("rookery.sqlite", "rookery.sqlite-wal", "rookery.sqlite-shm"):
+            f = data / name
+            if f.exists() and not os.access(f, os.R_OK | os.W_OK):
+                raise CLIError(f"storage: the database file {f} is not writable by {who}; fix its owner or mode")
+
+
+def _check_paths(cfg: Config, create: bool = True, serving: bool = False) -> None:
     """Errors the schema cannot see: an unusable ``data_dir``, unreadable ``tls.cert`` / ``tls.key``."""
+    import os
+
+    os.umask(0o077)  # data files 0600, directories 0700: they hold password keys and messages
+    data = cfg.data_path()
+    existed = data.exists()
     try:
         if create:
-            cfg.data_path().mkdir(parents=True, exist_ok=True)
-        elif cfg.data_path().exists() and not cfg.data_path().is_dir():
+            data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        elif existed and not data.is_dir():
             raise NotADirectoryError(20, "Not a directory")
     except OSError as e:
         raise CLIError(f"data_dir: cannot use {cfg.data_dir}: {e.strerror or e}") from None
+    if create:
+        _check_writable(cfg)
+        owner = data.stat().st_uid
+        if existed and owner != os.geteuid() and os.geteuid() == 0 and not serving:
+            print(f"warning: {data} belongs to uid {owner}, this command runs as root: files it creates there "
+                  f"may not be writable by the server (run it as the server's user, e.g. sudo -u "
+                  f"{_user_name(owner)} rookery ...)", file=sys.stderr)
     if cfg.tls.cert and cfg.tls.key:
         from pathlib import Path
 
@@ -608,7 +645,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from . import logsetup
 
     cfg = _config(args)
-    _check_paths(cfg)
+    _check_paths(cfg, serving=True)
     try:
         logsetup.configure(cfg)
     except OSError as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -426,3 +427,40 @@ async def test_deluser_of_a_connected_user_leaves_no_row_behind(served):
     finally:
         await c.close()
         await f.close()
+
+
+# -- files and privileges -----------------------------------------------------------------------------
+
+
+def test_data_files_are_private(served):
+    import stat
+
+    assert stat.S_IMODE(served.data_dir.stat().st_mode) == 0o700
+    for f in served.data_dir.rglob("*"):
+        if f.is_file():
+            assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f
+    assert stat.S_IMODE((served.data_dir / "tls").stat().st_mode) == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere: the check cannot fail for root")
+def test_serve_refuses_to_start_when_the_data_dir_is_not_writable(tmp_path):
+    cfg = write_config(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o500)
+    try:
+        r = cli("serve", "-c", cfg)
+        assert_one_line_error(r.returncode, r.stdout, r.stderr, "data_dir", "is not writable by user")
+    finally:
+        data.chmod(0o700)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the data dir to another user")
+def test_a_command_run_as_root_on_another_users_data_dir_warns(tmp_path):
+    cfg = write_config(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 65534, 65534)
+    r = cli("adduser", "w@localhost", "-p", "pw", "-c", cfg)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("warning: ") and "may not be writable by the server" in r.stderr
