@@ -69,9 +69,66 @@ class S2SConfig(_Section):
 
 
 class HTTPConfig(_Section):
+    """``[http]``: the HTTP listeners (BOSH, WebSocket, discovery, upload, web client)."""
+
+    listen: list[str] = ["127.0.0.1:5280"]
+    #: HTTPS listeners, with the server's certificate
+    tls_listen: list[str] = ["127.0.0.1:5281"]
+    #: the URL clients reach the HTTP side at, when it is behind a reverse proxy ("https://chat.example.org")
+    public_url: str | None = None
+    #: largest request body read whole, in bytes (uploads are streamed and limited by [upload])
+    max_request_size: int = Field(1048576, ge=1024)
+    #: origins allowed by CORS for web clients ("*": any)
+    cors_origins: list[str] = ["*"]
+    #: serve the built-in web client at /
+    web_client: bool = True
+
+    _v_listen = field_validator("listen", "tls_listen")(_check_listen)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v
+
+
+class MetricsConfig(_Section):
+    """``[metrics]``: the Prometheus endpoint (off by default)."""
+
+    #: serve metrics: on its own ``listen`` addresses when set, else on the ``[http]`` listeners
+    enabled: bool = False
+    #: plain-HTTP listeners of their own ("127.0.0.1:9222"); setting it enables metrics
     listen: list[str] = []
+    #: the path of the endpoint
+    path: str = "/metrics"
+    #: client addresses (CIDR) allowed to scrape; others get 403
+    allow: list[str] = ["127.0.0.0/8", "::1/128"]
 
     _v_listen = field_validator("listen")(_check_listen)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or v.endswith("/"):
+            raise ValueError(f"{v!r} is not a path like \"/metrics\"")
+        return v
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ValueError(f"{n!r} is not an address or network (CIDR)") from None
+        return v
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or bool(self.listen)
 
 
 #: Mozilla's "intermediate" TLS 1.2 cipher suites (ssl-config.mozilla.org, v5.7): forward secrecy, AEAD
@@ -138,6 +195,11 @@ class LimitsConfig(_Section):
     max_send_buffer: int = Field(1048576, ge=4096)
     #: seconds a client over max_send_buffer has to read before it is disconnected
     send_timeout: float = Field(60.0, gt=0)
+    #: per-account quotas (0: no limit)
+    max_roster_items: int = Field(2000, ge=0)
+    max_private_bytes: int = Field(1048576, ge=0)
+    max_resources_per_account: int = Field(10, ge=0)
+    max_pending_subscriptions: int = Field(1000, ge=0)
 
 
 class OfflineConfig(_Section):
@@ -175,6 +237,36 @@ class MAMConfig(_Section):
 LEGACY_MODULE_SECTIONS = {"offline": "offline", "version": "version", "register": "register_", "mam": "mam"}
 
 
+def _module_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """A top-level table named for a module that has no section of its own in ``Config``
+    (``[muc]``, ``[pubsub]``, ``[upload]`` …) holds that module's options, like ``[modules.<name>]``
+    (which wins where both set a key)."""
+    from .modules import available_modules
+
+    fields = set(Config.model_fields) | {"register"}
+    extra = [k for k, v in data.items() if k not in fields and isinstance(v, dict)]
+    if not extra:
+        return data
+    known = available_modules()
+    data = dict(data)
+    opts: dict[str, dict[str, Any]] = {}
+    for k in extra:
+        if k in known:
+            opts[k] = data.pop(k)
+    if not opts:
+        return data
+    mods = data.get("modules")
+    if isinstance(mods, dict):
+        mods = dict(mods)
+        for k, v in opts.items():
+            mods[k] = {**v, **mods.get(k, {})} if isinstance(mods.get(k), dict) else mods.get(k, v)
+        data["modules"] = mods
+    else:
+        current = data.get("module_options", {})
+        data["module_options"] = {**current, **{k: {**v, **current.get(k, {})} for k, v in opts.items()}}
+    return data
+
+
 class VHostConfig(_Section):
     """Per-domain settings: ``[vhosts."example.org"]``."""
 
@@ -194,9 +286,12 @@ class Config(_Section):
     vhosts: dict[str, VHostConfig] = {}
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log: LogConfig = LogConfig()
+    #: server administrators (bare JIDs): the one source of admin rights for every service
+    admins: list[str] = []
     c2s: C2SConfig = C2SConfig()
     s2s: S2SConfig = S2SConfig()
     http: HTTPConfig = HTTPConfig()
+    metrics: MetricsConfig = MetricsConfig()
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()
     offline: OfflineConfig = OfflineConfig()
@@ -210,6 +305,8 @@ class Config(_Section):
     def _modules_table(cls, data: Any) -> Any:
         """``modules`` is a list (the enabled modules) or a table: ``enabled = [...]`` and
         ``[modules.<name>]`` option tables."""
+        if isinstance(data, dict):
+            data = _module_sections(data)
         if isinstance(data, dict) and isinstance(data.get("modules"), dict):
             data = dict(data)
             table = dict(data.pop("modules"))
@@ -232,6 +329,22 @@ class Config(_Section):
                 out.append(nameprep(d))
             except InvalidJID as e:
                 raise ValueError(f"{d!r} is not a valid domain ({e})") from None
+        return out
+
+    @field_validator("admins")
+    @classmethod
+    def _admins(cls, v: list[str]) -> list[str]:
+        from .jid import JID
+
+        out = []
+        for a in v:
+            try:
+                j = JID.parse(a)
+            except InvalidJID as e:
+                raise ValueError(f"{a!r} is not a valid JID ({e})") from None
+            if j.resource is not None:
+                raise ValueError(f"{a!r}: admins are bare JIDs (no /resource)")
+            out.append(str(j))
         return out
 
     @field_validator("storage")
@@ -283,6 +396,8 @@ class Config(_Section):
 
         for name in self.module_options:
             check_options(f"modules.{name}", name, self.options_of(name))
+        if self.metrics.enabled and not self.metrics.listen and not (self.http.listen or self.http.tls_listen):
+            raise ValueError("metrics.enabled: needs [metrics] listen or an [http] listener to serve on")
         for domain in self.tls.domains:
             if not any(domain == d or domain.endswith("." + d) for d in self.domains):
                 raise ValueError(f"tls.domains.{domain}: not a served domain (or a subdomain of one)")

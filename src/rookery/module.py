@@ -163,7 +163,8 @@ class ModuleContext:
 
     def __init__(self, name: str, *, router: RouterAPI, sessions: SessionRegistry, storage: Storage,
                  stores: Stores, options: BaseModel, host_options: dict[str, BaseModel], hosts: list[str],
-                 catalog: Catalog, registrar: Registrar, services: dict[str, Any], started_at: float) -> None:
+                 catalog: Catalog, registrar: Registrar, services: dict[str, Any], started_at: float,
+                 admins: frozenset[str] = frozenset(), limits: Any = None) -> None:
         self.name = name
         self.router = router
         self.sessions = sessions
@@ -172,6 +173,10 @@ class ModuleContext:
         self.hosts = hosts
         self.catalog = catalog
         self.started_at = started_at
+        #: the top-level ``admins`` (bare JIDs as strings)
+        self.admins = admins
+        #: the ``[limits]`` settings (per-account quotas: ``max_roster_items`` …); None outside a server
+        self.limits = limits
         self.log = logging.getLogger(f"rookery.modules.{name}")
         self._stores = stores
         self._host_options = host_options
@@ -186,6 +191,12 @@ class ModuleContext:
     def options_for(self, host: str) -> Any:
         """The options for one domain (``[vhosts."D".options.<name>]`` over ``[modules.<name>]``)."""
         return self._host_options.get(host, self.options)
+
+    def is_admin(self, jid: Any) -> bool:
+        """Whether ``jid`` (a ``JID`` or a string; its bare JID counts) is a server administrator
+        (the top-level ``admins`` list: the one source of admin rights for every service)."""
+        bare = jid.bare if hasattr(jid, "bare") else str(jid).partition("/")[0]
+        return str(bare) in self.admins
 
     # -- storage -----------------------------------------------------------------------------
     def open_store(self, name: str, kind: str = "keyval") -> Any:
@@ -218,6 +229,17 @@ class ModuleContext:
     def element(self, qualified_name: str, fn: Callable[..., Any]) -> Handle:
         return self._keep(self._registrar.element(self, qualified_name, fn))
 
+    def http_route(self, method: str, path: str, handler: Callable[..., Any], *, prefix: bool = False,
+                   cors: bool = False) -> Handle:
+        """Serve HTTP ``method`` requests for ``path`` (everything under it when ``prefix``; then it
+        ends with "/") on the ``[http]`` listeners: ``async handler(aiohttp.web.Request) ->
+        aiohttp.web.StreamResponse``.  ``cors=True``: CORS headers and preflights for web clients."""
+        return self._keep(self._registrar.http_route(self, method, path, handler, prefix, cors))
+
+    def http_url(self, path: str = "/", secure: bool = True) -> str:
+        """The absolute URL of ``path`` on the HTTP side (``[http] public_url`` when set)."""
+        return self._registrar.http_base_url(secure) + path
+
     def fire(self, event: str, *args: Any) -> Awaitable[None] | None:
         """Fire a server-wide event (an awaitable when some handler was async)."""
         return self._registrar.fire(event, *args)
@@ -249,6 +271,11 @@ class Registrar(Protocol):
     def filter(self, ctx: ModuleContext, fn: Callable[..., Any], priority: int) -> Handle: ...
 
     def element(self, ctx: ModuleContext, qualified_name: str, fn: Callable[..., Any]) -> Handle: ...
+
+    def http_route(self, ctx: ModuleContext, method: str, path: str, handler: Callable[..., Any], prefix: bool,
+                   cors: bool) -> Handle: ...
+
+    def http_base_url(self, secure: bool) -> str: ...
 
     def fire(self, event: str, *args: Any) -> Awaitable[None] | None: ...
 

@@ -23,6 +23,7 @@ from .routing.routes import RouteTable
 from .routing.tasks import Tasks
 from .storage.base import Storage
 from .storage.views import ModuleStores
+from .transports.http import HTTPService
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,9 @@ class ModuleCatalog:
 class ModuleManager:
     def __init__(self, config: Config, *, router: RouterAPI, sessions: SessionRegistry, routes: RouteTable,
                  events: EventBus, tables: dict[str, HandlerTable], elements: dict[str, Callable[..., Any]],
-                 storage: Storage, tasks: Tasks, started_at: float) -> None:
+                 storage: Storage, tasks: Tasks, started_at: float, http: HTTPService | None = None) -> None:
         self.config = config
+        self.http = http  # the [http] listeners' routes (None: no HTTP side)
         self.router = router
         self.sessions = sessions
         self.routes = routes
@@ -164,7 +166,8 @@ class ModuleManager:
         ctx = ModuleContext(name, router=self.router, sessions=self.sessions, storage=self.storage,
                             stores=self.stores, options=opts, host_options=host_opts, hosts=list(hosts),
                             catalog=self.catalog, registrar=self, services=self.services,
-                            started_at=self.started_at)
+                            started_at=self.started_at, admins=frozenset(self.config.admins),
+                            limits=self.config.limits)
         mod = cls(ctx)
         for svc in cls.provides:
             if svc in self.services:
@@ -287,6 +290,16 @@ class ModuleManager:
                 return None
 
         return register(self.elements, qualified_name, fn, f"stream element {qualified_name}")
+
+    def http_route(self, ctx: ModuleContext, method: str, path: str, handler: Callable[..., Any], prefix: bool,
+                   cors: bool) -> Handle:
+        if self.http is None:
+            raise ValueError(f"module {ctx.name} serves HTTP but the server has no HTTP service")
+        undo = self.http.add_route(method, path, handler, prefix=prefix, cors=cors)
+        return Handle(undo, f"HTTP {method} {path} of {ctx.name}")
+
+    def http_base_url(self, secure: bool) -> str:
+        return self.http.base_url(secure) if self.http is not None else "http://localhost:5280"
 
     def fire(self, event: str, *args: Any) -> Awaitable[None] | None:
         return self.events.fire(event, *args)

@@ -28,7 +28,7 @@ from .routing.routes import RouteTable
 from .routing.tasks import Tasks
 from .stanza import Stanza
 from .streams.auth_limits import AuthFailureLimiter
-from .streams.bind import Bind
+from .streams.bind import Bind, BindRefused
 from .streams.c2s import C2SStream, ElementHandler
 from .streams.legacy_auth import LegacyAuth
 from .streams.negotiator import Negotiator, Negotiators
@@ -37,6 +37,7 @@ from .streams.session import Session
 from .streams.starttls import StartTLS
 from .streams.transport import StreamFramer
 from .streams.xmlstream import StreamLimits
+from .transports.http import HTTPService
 from .transports.limits import ConnectionLimiter
 from .transports.tcp import Flusher, RateLimit, SendLimit, StreamProtocol, listen
 
@@ -99,6 +100,10 @@ class Server:
         #: the server owns the process's logging (``rookery serve``): reload re-applies ``[log]``
         self.manage_logging = False
         self.tracer = admin.Tracer(self)
+        #: (stanzas received by kind, elements sent by first letter), counted by the c2s streams for metrics
+        self.stanza_counts: tuple[dict[str, int], dict[str, int]] = (dict.fromkeys(("message", "presence", "iq"), 0),
+                                                                     {})
+        self.metrics: Any = None  # metrics.Metrics when [metrics] is on
         self.storage: Any = None
         self.listeners: list[asyncio.AbstractServer] = []
         #: actually bound addresses per listener kind, e.g. {"c2s": [("127.0.0.1", 5222)]}
@@ -117,6 +122,10 @@ class Server:
         self._rate_limit: RateLimit | None = None
         self._send_limit: SendLimit | None = None
         self.tls: Any = None  # tls.TLSManager, made at start
+        h = config.http
+        #: the HTTP side (routes are added by modules and the HTTP carriers; listens at start)
+        self.http = HTTPService(max_request_size=h.max_request_size, cors_origins=h.cors_origins,
+                                public_url=h.public_url)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -136,7 +145,8 @@ class Server:
         cb_lookup = self.tls.cb_data
         self.modules = ModuleManager(cfg, router=self.router, sessions=self.sessions, routes=self.routes,
                                      events=self.events, tables=self.tables, elements=self.elements,
-                                     storage=self.storage, tasks=self.tasks, started_at=self.started_at)
+                                     storage=self.storage, tasks=self.tasks, started_at=self.started_at,
+                                     http=self.http)
         await self.modules.load_all()
         loop = asyncio.get_running_loop()
         flusher = Flusher(loop)
@@ -164,8 +174,18 @@ class Server:
             await self._listen("c2s", spec, c2s_factory(starttls_ctx, False), None)
         for spec in cfg.c2s.direct_tls_listen:
             await self._listen("c2s_direct_tls", spec, c2s_factory(direct_ctx, True), direct_ctx)
-        if cfg.s2s.listen or cfg.http.listen:
-            log.warning("[s2s] and [http] listeners are not part of this build yet; ignoring them")
+        if cfg.s2s.listen:
+            log.warning("[s2s] listeners are not part of this build yet; ignoring them")
+        https_ctx = self.tls.https
+        await self.http.start(cfg.http.listen, cfg.http.tls_listen, https_ctx)
+        if cfg.metrics.active:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(self)
+            self.metrics.install()
+            await self.metrics.start(cfg.metrics.listen, self.http)
+        for scheme, addrs in self.http.addresses.items():
+            self.addresses.setdefault(scheme, []).extend(addrs)
         self._control = ControlServer(self, data_dir / SOCKET_NAME)
         try:
             await self._control.start()
@@ -240,6 +260,9 @@ class Server:
             self.sessions.close(ref)
         await self.tasks.wait(timeout)
         await asyncio.sleep(0.05)  # let the transports flush their closing bytes
+        if self.metrics is not None:
+            await self.metrics.stop()
+        await self.http.stop()
         if self.modules is not None:
             await self.modules.stop_all()
         if self._control is not None:
@@ -270,6 +293,13 @@ class Server:
         """RFC 6120 §7: a new session for ``username@domain/resource`` (the stream attaches it once the
         bind result is written); §7.7.2.2: a session that had this full JID is closed with ``<conflict/>``."""
         jid = JID(username, stream.local_domain, resource, _norm=False)
+        limit = self.config.limits.max_resources_per_account
+        if limit:
+            bound = self.sessions.resources(jid.bare)
+            if resource not in bound and len(bound) >= limit:
+                # [limits] max_resources_per_account: the new resource is refused, the bound ones
+                # keep working (a replaced full JID is not a new resource)
+                raise BindRefused("resource-constraint", f"this account has {limit} resources bound already")
         auth = stream.auth_info if stream.auth_info is not None else {}
         auth["ip"] = stream.transport.peer_ip
         auth["secure"] = stream.transport.is_secure

@@ -53,6 +53,7 @@ class RunningServer:
                     "auth_failure_delay": 0.1, "keepalive_interval": 0, "max_auth_failures_per_ip": 10000},
             # every test client comes from 127.0.0.1: per-address connection limits out of reach too
             "limits": {"max_connections_per_ip": 0, "max_unauthenticated_per_ip": 0},
+            "http": {"listen": ["127.0.0.1:0"], "tls_listen": ["127.0.0.1:0"]},
         }
         self.config = Config.model_validate(_merge(base, settings))
         self.data_dir = data_dir
@@ -89,6 +90,19 @@ class RunningServer:
     @property
     def direct_tls_port(self) -> int:
         return self.server.addresses["c2s_direct_tls"][0][1]
+
+    @property
+    def http_port(self) -> int:
+        return self.server.addresses["http"][0][1]
+
+    @property
+    def https_port(self) -> int:
+        return self.server.addresses["https"][0][1]
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the plain HTTP listener."""
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def cert_path(self) -> Path:

@@ -96,6 +96,9 @@ def tls_server_end_point(cert_path: Path) -> bytes:
     return hashlib.new(name, c.public_bytes(serialization.Encoding.DER)).digest()
 
 
+_ALPN: dict[str, list[str] | None] = {"starttls": None, "direct": ["xmpp-client"], "https": ["http/1.1"]}
+
+
 class TLSManager:
     """The server's TLS contexts: a default certificate (``[tls] cert``/``key``, or the self-signed
     one), and per domain one from ``[tls.domains."<domain>"]`` or imported by ``rookery cert import``
@@ -109,10 +112,11 @@ class TLSManager:
     def __init__(self, cfg: object, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.cfg = cfg
-        self.starttls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.direct = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        #: domain -> (starttls context, direct TLS context)
-        self.by_domain: dict[str, tuple[ssl.SSLContext, ssl.SSLContext]] = {}
+        #: the default contexts by kind: "starttls", "direct" (ALPN xmpp-client), "https" (ALPN http/1.1)
+        self.default: dict[str, ssl.SSLContext] = {k: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) for k in _ALPN}
+        self.starttls, self.direct, self.https = self.default["starttls"], self.default["direct"], self.default["https"]
+        #: domain -> contexts by kind
+        self.by_domain: dict[str, dict[str, ssl.SSLContext]] = {}
         #: id(context) -> channel-binding data
         self._cb: dict[int, bytes] = {}
         #: domain (or "" for the default) -> certificate file
@@ -152,38 +156,36 @@ class TLSManager:
         self.cert_files = {}
         for d, (c, k) in pairs.items():
             if d:
-                old = self.by_domain.get(d)
-                st = old[0] if old else ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                di = old[1] if old else ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                self.by_domain[d] = (st, di)
+                ctxs = self.by_domain.setdefault(d, {kind: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) for kind in _ALPN})
             else:
-                st, di = self.starttls, self.direct
+                ctxs = self.default
             cb = tls_server_end_point(c)
-            for ctx, alpn in ((st, None), (di, ["xmpp-client"])):
-                configure_context(ctx, c, k, cfg.tls.min_version, alpn, cfg.tls.ciphers)
+            for kind, ctx in ctxs.items():
+                configure_context(ctx, c, k, cfg.tls.min_version, _ALPN[kind], cfg.tls.ciphers)
                 self._cb[id(ctx)] = cb
             self.cert_files[d] = c
         for d in list(self.by_domain):
             if d not in pairs:
                 del self.by_domain[d]
-        for ctx in (self.starttls, self.direct):
+        for ctx in self.default.values():
             ctx.sni_callback = self._sni
         return sorted(d for d in pairs if d)
 
-    def context_for(self, server_name: str | None, direct: bool) -> ssl.SSLContext | None:
+    def context_for(self, server_name: str | None, kind: str) -> ssl.SSLContext | None:
         if not server_name:
             return None
         name = server_name.lower().rstrip(".")
         while name:
-            pair = self.by_domain.get(name)
-            if pair is not None:
-                return pair[1] if direct else pair[0]
+            ctxs = self.by_domain.get(name)
+            if ctxs is not None:
+                return ctxs[kind]
             name = name.partition(".")[2]
         return None
 
     def _sni(self, sslobj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
              ctx: ssl.SSLContext) -> None:
-        other = self.context_for(server_name, ctx is self.direct)
+        kind = next((k for k, c in self.default.items() if c is ctx), "starttls")
+        other = self.context_for(server_name, kind)
         if other is not None:
             sslobj.context = other
         return None

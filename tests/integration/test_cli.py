@@ -55,6 +55,9 @@ def write_config(
         f"listen = {listen}\n"
         f"direct_tls_listen = []\n"
         f"auth_failure_delay = 0.05\n"
+        f"[http]\n"
+        f'listen = ["127.0.0.1:0"]\n'
+        f'tls_listen = ["127.0.0.1:0"]\n'
     )
     return path
 

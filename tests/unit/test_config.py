@@ -253,3 +253,10 @@ def test_tls_domains_and_auth_limit_keys(tmp_path):
     assert "not a served domain" in config_error(tmp_path, '[tls.domains."other.example"]\ncert = "/c"\nkey = "/k"')
     assert "tls.domains.localhost.key" in config_error(tmp_path, '[tls.domains."localhost"]\ncert = "/c"')
     assert "c2s.auth_max_delay" in config_error(tmp_path, "[c2s]\nauth_max_delay = 0")
+
+
+def test_metrics_section(tmp_path):
+    cfg = load_text(tmp_path, '[metrics]\nlisten = ["127.0.0.1:9222"]\nallow = ["10.0.0.0/8"]')
+    assert cfg.metrics.active and cfg.metrics.path == "/metrics" and not load_config(None).metrics.active
+    msg = config_error(tmp_path, "[metrics]\nenabled = true\n[http]\nlisten = []\ntls_listen = []")
+    assert "metrics.enabled: needs [metrics] listen or an [http] listener" in msg

@@ -445,11 +445,23 @@ class Presence(Module):
         async with roster.lock(host, user):
             item = await roster.get_item(host, user, sender)
             pending = False
+            pending_count = 0
             if ptype in ("subscribe", "unsubscribe"):
-                pending = sender in await self.storage.roster.get_pending_in(host, user)
+                all_pending = await self.storage.roster.get_pending_in(host, user)
+                pending, pending_count = sender in all_pending, len(all_pending)
             state = SubState.of(item, pending)
             t = inbound(state, ptype)
             new = t.state
+            limit = self.ctx.limits.max_pending_subscriptions if self.ctx.limits is not None else 0
+            if new.pending_in and not state.pending_in and limit and pending_count >= limit:
+                # [limits] max_pending_subscriptions: refused as local policy (RFC 6120 §8.3.3.12)
+                err = st.error("policy-violation", "too many pending subscription requests")
+                err.set("from", bare)
+                err.set("to", frm.full)
+                r = self.ctx.router.send(err)
+                if r is not None:
+                    await r
+                return True
             if t.forward and ptype != "subscribe":
                 # §3.1.6, §3.2.3, §3.3.3: to the interested resources, before the roster push
                 self._deliver_interested(bare, el)

@@ -53,6 +53,16 @@ class PrivateStorage(Module):
             raise StanzaError("not-acceptable", "the query needs a child element")
         return to.domain, to.local, children
 
+    async def _check_quota(self, host: str, user: str, new: dict[str, str], quota: int) -> None:
+        """``[limits] max_private_bytes``: the account's fragments after this set, in bytes."""
+        total = sum(len(v.encode("utf-8")) for v in new.values())
+        for key in await self.storage.kv.keys(STORE, host, user):
+            if key not in new:
+                raw = await self.storage.kv.get(STORE, host, user, key)
+                total += len(raw.encode("utf-8")) if raw is not None else 0
+        if total > quota:
+            raise StanzaError("policy-violation", f"private data over the account's quota of {quota} bytes")
+
     @iq_handler("get", ns.PRIVATE, "query", to="bare")
     async def get_private(self, request: Stanza) -> Element:
         host, user, children = self._check(request)
@@ -76,6 +86,9 @@ class PrivateStorage(Module):
         for _, data in items:
             if len(data.encode("utf-8")) > MAX_SIZE:
                 raise StanzaError("policy-violation", f"private data larger than {MAX_SIZE // 1024} KiB")
+        quota = self.ctx.limits.max_private_bytes if self.ctx.limits is not None else 0
+        if quota:
+            await self._check_quota(host, user, dict(items), quota)
         for key, data in items:
             await self.storage.kv.set(STORE, host, user, key, data)
         return request.result()

@@ -308,6 +308,10 @@ class Roster(Module):
         async with self.lock(host, user):
             old = await self.get_item(host, user, req.jid)
             if old is None:
+                limit = self.ctx.limits.max_roster_items if self.ctx.limits is not None else 0
+                if limit and len(await self.get_roster(host, user)) >= limit:
+                    # [limits] max_roster_items (XEP-0205 §3: a quota is local service policy)
+                    raise StanzaError("policy-violation", f"the roster is full ({limit} items)")
                 item = RosterItem(jid=req.jid, name=req.name, groups=req.groups)
             else:
                 item = replace(old, name=req.name, groups=req.groups)

@@ -770,6 +770,19 @@ async def export_accounts(db: SQLStorage, host: str | None = None) -> builtins.l
     return await db._read(tx, snapshot=True)
 
 
+async def offline_stats(db: SQLStorage) -> tuple[int, int, int]:
+    """(messages stored, accounts with a queue, the longest queue) for metrics."""
+
+    async def tx(conn: AsyncConnection) -> tuple[int, int, int]:
+        per_user = (sa.select(sa.func.count().label("n")).select_from(offline)
+                    .group_by(offline.c.host, offline.c.username).subquery())
+        row = (await conn.execute(sa.select(sa.func.coalesce(sa.func.sum(per_user.c.n), 0), sa.func.count(),
+                                            sa.func.coalesce(sa.func.max(per_user.c.n), 0)))).one()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    return await db._read(tx)
+
+
 async def import_accounts(db: SQLStorage, items: Sequence[AccountData]) -> None:
     """Create these accounts with all their data in one transaction: if one of them exists already,
     ``FileExistsError`` names it and nothing is written (``rookery import``)."""
@@ -855,6 +868,8 @@ class SQLStorage:
         self._engine: AsyncEngine | None = None
         self._wengine: AsyncEngine | None = None
         self._snap_engine: AsyncEngine | None = None
+        #: ``observe(kind, seconds)`` after each transaction ("read"/"write"), for metrics; None: not timed
+        self.observe: Callable[[str, float], None] | None = None
         # SQLite has one writer at a time: queue this process's writers here rather than in SQLite's
         # busy handler, which polls with sleeps of up to 100 ms.
         self._write_lock: asyncio.Lock | None = None
@@ -963,7 +978,14 @@ class SQLStorage:
             async with engine.connect() as conn:
                 return await fn(conn)
 
-        return await self._retry(attempt)
+        observe = self.observe
+        if observe is None:
+            return await self._retry(attempt)
+        t0 = time.perf_counter()
+        try:
+            return await self._retry(attempt)
+        finally:
+            observe("read", time.perf_counter() - t0)
 
     async def _write(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         engine = self._wengine
@@ -974,10 +996,16 @@ class SQLStorage:
             async with engine.begin() as conn:
                 return await fn(conn)
 
-        if self._write_lock is None:
-            return await self._retry(attempt)
-        async with self._write_lock:
-            return await self._retry(attempt)
+        observe = self.observe
+        t0 = time.perf_counter() if observe is not None else 0.0
+        try:
+            if self._write_lock is None:
+                return await self._retry(attempt)
+            async with self._write_lock:
+                return await self._retry(attempt)
+        finally:
+            if observe is not None:
+                observe("write", time.perf_counter() - t0)
 
     async def _retry(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt`` (a whole transaction), retrying transient lock conflicts."""

@@ -37,7 +37,8 @@ def address_key(ip: str) -> str:
 
 
 class AuthFailureLimiter:
-    __slots__ = ("max_per_ip", "max_per_account", "window", "base_delay", "max_delay", "_counts", "_clock")
+    __slots__ = ("max_per_ip", "max_per_account", "window", "base_delay", "max_delay", "_counts", "_clock",
+                 "logins_ok", "logins_failed")
 
     def __init__(self, max_per_ip: int, window: float, clock: Callable[[], float] = time.monotonic, *,
                  max_per_account: int = 5, base_delay: float = 1.0, max_delay: float = 60.0) -> None:
@@ -49,6 +50,9 @@ class AuthFailureLimiter:
         #: key -> (time of the last failure, failures); keys: "ip" and "ip account"
         self._counts: dict[str, tuple[float, int]] = {}
         self._clock = clock
+        #: totals since start, for metrics
+        self.logins_ok = 0
+        self.logins_failed = 0
 
     def configure(self, c2s: Any) -> None:
         """Take the ``[c2s]`` settings (at start and on reload)."""
@@ -84,6 +88,7 @@ class AuthFailureLimiter:
 
     def failed(self, ip: str, account: str | None = None) -> None:
         """A wrong password from ``ip`` for ``account``."""
+        self.logins_failed += 1
         now = self._clock()
         k = address_key(ip)
         keys = [k] if account is None else [k, f"{k} {account}"]
@@ -100,4 +105,5 @@ class AuthFailureLimiter:
             self._counts = {key: v for key, v in self._counts.items() if now - v[0] < self.window}
 
     def succeeded(self, ip: str, account: str) -> None:
+        self.logins_ok += 1
         self._counts.pop(f"{address_key(ip)} {account}", None)

@@ -15,6 +15,16 @@ _BIND = "{%s}bind" % ns.BIND
 _SESSION = "{%s}session" % ns.SESSION
 
 
+class BindRefused(Exception):
+    """The host refuses to bind a resource: RFC 6120 §7.6.2.1 ``resource-constraint`` (the account
+    has reached its limit of connected resources) or §7.6.2.2 ``not-allowed``."""
+
+    def __init__(self, condition: str, text: str | None = None) -> None:
+        super().__init__(text or condition)
+        self.condition = condition
+        self.text = text
+
+
 class Bind:
     """RFC 6120 §7.1: offered once authenticated; §7.6 server-generated resource when the client asks
     for none; §7.7.2.2 conflict handled by the session registry (the new session wins)."""
@@ -57,5 +67,8 @@ class Bind:
             SubElement(b, "{%s}jid" % ns.BIND).text = jid.full
             return iq_reply(el, b)
 
-        stream.bind(resource, reply)
+        try:
+            stream.bind(resource, reply)
+        except BindRefused as e:
+            stream.send(iq_error(el, e.condition, e.text))
         return None

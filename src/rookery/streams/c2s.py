@@ -81,7 +81,7 @@ class C2SStream(XMLStream):
     """One client connection.  After binding it carries a ``Session``."""
 
     __slots__ = ("host", "settings", "authenticated", "username", "session", "auth_info", "sasl",
-                 "accept_pre_1_0", "ext", "_pre_1_0", "_negotiators")
+                 "accept_pre_1_0", "ext", "_pre_1_0", "_negotiators", "_in_counts")
 
     content_ns = ns.CLIENT
 
@@ -102,6 +102,11 @@ class C2SStream(XMLStream):
         self._pre_1_0 = False
         self._negotiators = negotiators
         super().__init__(transport, framer, limits, host.spawn)
+        # stanzas received and elements sent, for metrics (a host without counters: counted for nobody)
+        counts = getattr(host, "stanza_counts", None)
+        self._in_counts: dict[str, int] = counts[0] if counts is not None else dict.fromkeys(_STANZA_KINDS, 0)
+        if counts is not None:
+            self.out_counts = counts[1]
         host.stream_started(self)
 
     @property
@@ -169,6 +174,7 @@ class C2SStream(XMLStream):
             if tag in _STANZA_KINDS:
                 session.stanzas_in += 1
                 session.last_active = _monotonic()
+                self._in_counts[tag] += 1
                 return self._route(session, el)
             h = self.host.element_handler(tag)
             if h is not None:
