@@ -189,7 +189,7 @@ class Metrics:
         c.add_metric(["ok"], s.auth_limiter.logins_ok)
         c.add_metric(["failed"], s.auth_limiter.logins_failed)
         yield c
-        inbound, outbound = s.stanza_counts
+        inbound, outbound = s.stanza_counts or ({}, {})
         c = CounterMetricFamily("rookery_stanzas_in", "Stanzas received from clients", labels=["kind"])
         for kind in ("message", "presence", "iq"):
             c.add_metric([kind], inbound.get(kind, 0))

@@ -100,9 +100,11 @@ class Server:
         #: the server owns the process's logging (``rookery serve``): reload re-applies ``[log]``
         self.manage_logging = False
         self.tracer = admin.Tracer(self)
-        #: (stanzas received by kind, elements sent by first letter), counted by the c2s streams for metrics
-        self.stanza_counts: tuple[dict[str, int], dict[str, int]] = (dict.fromkeys(("message", "presence", "iq"), 0),
-                                                                     {})
+        #: (stanzas received by kind, elements sent by first letter), counted by the c2s streams when
+        #: metrics are on (None: not counted, nothing done per stanza)
+        self.stanza_counts: tuple[dict[str, int], dict[str, int]] | None = None
+        if config.metrics.active:
+            self.stanza_counts = (dict.fromkeys(("message", "presence", "iq"), 0), {})
         self.metrics: Any = None  # metrics.Metrics when [metrics] is on
         self.storage: Any = None
         self.listeners: list[asyncio.AbstractServer] = []

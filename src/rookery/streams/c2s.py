@@ -102,11 +102,11 @@ class C2SStream(XMLStream):
         self._pre_1_0 = False
         self._negotiators = negotiators
         super().__init__(transport, framer, limits, host.spawn)
-        # stanzas received and elements sent, for metrics (a host without counters: counted for nobody)
+        # stanzas received and elements sent, for metrics (only when the host counts them)
         counts = getattr(host, "stanza_counts", None)
-        self._in_counts: dict[str, int] = counts[0] if counts is not None else dict.fromkeys(_STANZA_KINDS, 0)
+        self._in_counts: dict[str, int] | None = None
         if counts is not None:
-            self.out_counts = counts[1]
+            self._in_counts, self.out_counts = counts
         host.stream_started(self)
 
     @property
@@ -174,7 +174,9 @@ class C2SStream(XMLStream):
             if tag in _STANZA_KINDS:
                 session.stanzas_in += 1
                 session.last_active = _monotonic()
-                self._in_counts[tag] += 1
+                ic = self._in_counts
+                if ic is not None:
+                    ic[tag] += 1
                 return self._route(session, el)
             h = self.host.element_handler(tag)
             if h is not None:
