@@ -464,3 +464,19 @@ def test_a_command_run_as_root_on_another_users_data_dir_warns(tmp_path):
     r = cli("adduser", "w@localhost", "-p", "pw", "-c", cfg)
     assert r.returncode == 0, r.stderr
     assert r.stderr.startswith("warning: ") and "may not be writable by the server" in r.stderr
+
+
+async def test_own_missing_vcard_is_an_empty_vcard_with_or_without_to(served):
+    """XEP-0054 §3.1 (issue 7 item 8): clients ask for their own vCard without 'to' (Profanity, poezio)
+    or to their bare JID (slixmpp); both get an empty <vCard/>, never an error."""
+    jid = user()
+    assert (await acli("adduser", jid, "-p", "pw", "-c", served.config)).returncode == 0
+    c = await RawClient().login(served.port, jid, "pw")
+    try:
+        for to in ("", f" to='{jid}'"):
+            r = await c.iq(f"<iq type='get' id='v{len(to)}'{to}><vCard xmlns='vcard-temp'/></iq>")
+            assert r.get("type") == "result", r.attrib
+            v = r.find("{vcard-temp}vCard")
+            assert v is not None and len(v) == 0
+    finally:
+        await c.close()
