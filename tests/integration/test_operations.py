@@ -231,6 +231,11 @@ async def test_reload_applies_limits_and_log_level_and_names_what_needs_a_restar
         # the session survived the reload
         pong = await c.iq("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         assert pong.get("type") == "result"
+        # at warning, logins are not logged any more
+        logins = sp.log_text().count("login ok")
+        assert await plain_auth(sp.port, jid, "pw") == "success"
+        await asyncio.sleep(0.2)
+        assert sp.log_text().count("login ok") == logins
         # a bad file changes nothing and says why in one line
         sp.config.write_text(text + "\nbogus = 1\n")
         r = await acli("reload", "-c", sp.config)
@@ -242,6 +247,13 @@ async def test_reload_applies_limits_and_log_level_and_names_what_needs_a_restar
         assert sp.proc.poll() is None
         # back at info: the reload line is logged again
         await wait_for(lambda: sp.log_text().count("configuration reloaded") >= 1)
+        assert await plain_auth(sp.port, jid, "pw") == "success"
+        await wait_for(lambda: sp.log_text().count("login ok") == logins + 1)
+        # a bad file on SIGHUP: logged, nothing changed, still serving
+        sp.config.write_text(text + "\nbogus = 1\n")
+        sp.proc.send_signal(signal.SIGHUP)
+        await wait_for(lambda: "reload failed, nothing changed" in sp.log_text())
+        assert sp.proc.poll() is None
         pong = await c.iq("<iq type='get' id='p2' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         assert pong.get("type") == "result"
         await c.close()
