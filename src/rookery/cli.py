@@ -477,10 +477,15 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.file}: {e}; nothing imported") from None
 
     async def write(st: Any) -> None:
+        from sqlalchemy.exc import IntegrityError
+
         try:
             await import_accounts(st, accounts)
         except FileExistsError as e:
             raise CLIError(f"{args.file}: account {e} exists already; nothing imported") from None
+        except IntegrityError:
+            raise CLIError(f"{args.file}: an archive item id or roster entry is taken or repeated; "
+                           "nothing imported") from None
 
     _run(_with_storage(cfg, write))
     for a in accounts:

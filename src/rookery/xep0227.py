@@ -3,9 +3,10 @@
 Exported per account: SCRAM credentials (XEP-0227 ``urn:xmpp:pie:0#scram``: the salted keys, never a
 password), the roster (``jabber:iq:roster``) and pending inbound subscription requests (``<presence
 type='subscribe'/>``), the vCard (``vcard-temp``), private XML (``jabber:iq:private``), offline
-messages (``<offline-messages/>``), and Rookery's other per-account documents (last activity, blocking
-list, module data) as ``<kv xmlns='urn:xmpp:rookery:kv:0' store='…' key='…'>`` — other servers ignore
-that element.  Not exported: the message archive (XEP-0313).
+messages (``<offline-messages/>``), the message archive (XEP-0227 ``urn:xmpp:pie:0#mam``: XEP-0313
+results with their ids and times), and Rookery's other per-account documents (last activity, blocking
+list, module data) as ``<kv xmlns='urn:xmpp:rookery:kv:0' store='…' key='…'>`` and other archives as
+``<archive xmlns='urn:xmpp:rookery:kv:0' store='…'>`` — other servers ignore those elements.
 
 Imported: the same, plus what Prosody and ejabberd exports carry: a plaintext ``password`` attribute
 (turned into SCRAM keys at once) or ``scram-credentials`` for SHA-1/SHA-256/SHA-512.  Elements this
@@ -22,10 +23,15 @@ from collections import Counter
 from xml.etree.ElementTree import Element, ParseError, SubElement, XMLParser, fromstring
 
 from .jid import JID, InvalidJID, nodeprep
-from .storage.base import AccountData, RosterItem, ScramCredential
+from .storage.base import AccountData, ArchiveItem, RosterItem, ScramCredential
 from .xml import serialize
 
 PIE = "urn:xmpp:pie:0"
+PIE_MAM = "urn:xmpp:pie:0#mam"
+MAM = "urn:xmpp:mam:2"
+FORWARD = "urn:xmpp:forward:0"
+DELAY = "urn:xmpp:delay"
+MAM_STORE = "mam/messages"  # modules/mam.py: the "messages" archive of the "mam" module
 SCRAM = "urn:xmpp:pie:0#scram"
 KV = "urn:xmpp:rookery:kv:0"
 ROSTER = "jabber:iq:roster"
@@ -102,7 +108,46 @@ def export_xml(accounts: list[AccountData]) -> str:
             om = SubElement(u, f"{{{PIE}}}offline-messages")
             for stanza in a.offline:
                 om.append(_to_client_ns(fromstring(stanza)))
+        for store, items in sorted(a.archive.items()):
+            if store == MAM_STORE:
+                ar = SubElement(u, f"{{{PIE_MAM}}}archive")
+                for ai in items:
+                    r = SubElement(ar, f"{{{MAM}}}result", id=ai.id)
+                    if ai.with_ is not None:
+                        r.set(f"{{{KV}}}with", ai.with_)
+                    if ai.text is not None:
+                        r.set(f"{{{KV}}}text", ai.text)
+                    fw = SubElement(r, f"{{{FORWARD}}}forwarded")
+                    SubElement(fw, f"{{{DELAY}}}delay", stamp=_stamp(ai.when))
+                    fw.append(_to_client_ns(fromstring(ai.value)))
+            else:
+                ar = SubElement(u, f"{{{KV}}}archive", store=store)
+                for ai in items:
+                    e = SubElement(ar, f"{{{KV}}}item", id=ai.id, when=repr(float(ai.when)))
+                    if ai.with_ is not None:
+                        e.set("with", ai.with_)
+                    if ai.text is not None:
+                        e.set("text", ai.text)
+                    e.text = ai.value
     return "<?xml version='1.0' encoding='UTF-8'?>\n" + serialize(root, "-") + "\n"
+
+
+def _stamp(when: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _when(stamp: str | None, where: str) -> float:
+    import datetime
+
+    try:
+        d = datetime.datetime.fromisoformat((stamp or "").replace("Z", "+00:00"))
+    except ValueError:
+        raise PIEError(f"{where}: {stamp!r} is not a time (XEP-0082)") from None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=datetime.UTC)
+    return d.timestamp()
 
 
 # -- import ---------------------------------------------------------------------------------------
@@ -220,6 +265,38 @@ def _user_child(a: AccountData, child: Element, where: str, skipped: Counter[str
         except InvalidJID:
             raise PIEError(f"{where}: subscription request from={child.get('from')!r} is not a JID") from None
         a.pending_in[contact] = serialize(_from_client_ns(child))
+    elif tag == f"{{{PIE_MAM}}}archive":
+        items = a.archive.setdefault(MAM_STORE, [])
+        for r in child:
+            w = f"{where}: archive result {r.get('id')!r}"
+            fw = r.find(f"{{{FORWARD}}}forwarded")
+            msg = fw.find(f"{{{CLIENT}}}message") if fw is not None else None
+            if r.tag != f"{{{MAM}}}result" or not r.get("id") or msg is None or fw is None:
+                raise PIEError(f"{w}: expected <result id=…><forwarded><delay/><message/></forwarded></result>")
+            delay = fw.find(f"{{{DELAY}}}delay")
+            when = _when(delay.get("stamp") if delay is not None else None, w)
+            with_ = r.get(f"{{{KV}}}with")
+            if with_ is None:  # from another server: the other party of the message
+                me = f"{a.user}@{a.host}"
+                frm, to = msg.get("from", ""), msg.get("to", "")
+                with_ = to if frm.split("/")[0] == me else frm
+                with_ = with_.split("/")[0] or None
+            body = msg.findtext(f"{{{CLIENT}}}body")
+            text = r.get(f"{{{KV}}}text", body if r.get(f"{{{KV}}}with") is None else None)
+            items.append(ArchiveItem(str(r.get("id")), when, with_, serialize(_from_client_ns(msg)), text))
+    elif tag == f"{{{KV}}}archive":
+        store = child.get("store")
+        if not store:
+            raise PIEError(f"{where}: <archive/> needs a store")
+        items = a.archive.setdefault(store, [])
+        for e in child:
+            try:
+                when = float(e.get("when") or "")
+            except ValueError:
+                raise PIEError(f"{where}: archive {store} item {e.get('id')!r}: bad 'when'") from None
+            if not e.get("id"):
+                raise PIEError(f"{where}: archive {store}: an item without id")
+            items.append(ArchiveItem(str(e.get("id")), when, e.get("with"), e.text or "", e.get("text")))
     elif tag == f"{{{KV}}}kv":
         store, key = child.get("store"), child.get("key")
         if not store or key is None:

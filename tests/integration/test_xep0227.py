@@ -10,7 +10,7 @@ import pytest
 from test_cli import assert_one_line_error, cli, plain_auth, write_config
 from xmpp_helpers import RawClient
 
-from rookery.storage.base import RosterItem
+from rookery.storage.base import ArchiveItem, RosterItem
 from rookery.storage.sql import make_storage
 from rookery.streams.sasl import make_credentials
 from rookery.testing import RunningServer
@@ -30,6 +30,14 @@ async def populate(data_dir: Path) -> None:
         await st.kv.set("private", "localhost", "alice", "{storage:bookmarks}storage",
                         "<storage xmlns='storage:bookmarks'><conference jid='room@muc.example' autojoin='true'/></storage>")
         await st.kv.set("last", "localhost", "alice", "last", '{"when": 1700000000, "status": "gone"}')
+        await st.archive.append_many("mam/messages", [
+            ("localhost", "alice", ArchiveItem("arch-1", 1700000000.25, "bob@example.org",
+                                               "<message from='alice@localhost/x' to='bob@example.org' type='chat'>"
+                                               "<body>archived hello</body></message>")),
+            ("localhost", "alice", ArchiveItem("arch-2", 1700000001.5, "bob@example.org/y",
+                                               "<message from='bob@example.org/y' to='alice@localhost' type='chat'>"
+                                               "<body>archived reply</body></message>", "archived reply")),
+        ])
         await st.offline.push("localhost", "alice", "<message from='bob@example.org/x' to='alice@localhost' "
                                                     "type='chat' id='m1'><body>while you were out &amp; about</body></message>")
     finally:
@@ -68,6 +76,10 @@ async def test_export_import_round_trip_between_two_fresh_data_dirs(tmp_path):
         pv = await c.iq("<iq type='get' id='p'><query xmlns='jabber:iq:private'>"
                         "<storage xmlns='storage:bookmarks'/></query></iq>")
         assert pv.find(".//{storage:bookmarks}conference").get("jid") == "room@muc.example"
+        c.send("<iq type='set' id='q'><query xmlns='urn:xmpp:mam:2' queryid='x'/></iq>")
+        mam = await c.collect_until(lambda got: bool(got) and got[-1].tag.endswith("iq") and got[-1].get("id") == "q")
+        bodies = [e.findtext(".//{jabber:client}body") for e in mam if e.tag.endswith("message")]
+        assert bodies == ["archived hello", "archived reply"]
         c.send("<presence/>")
         msg = await c.recv_until(lambda e: e.tag.endswith("message"))
         assert msg.findtext("{jabber:client}body") == "while you were out & about"
@@ -112,6 +124,15 @@ def prosody_like(tmp_path: Path) -> Path:
       <presence xmlns='jabber:client' type='subscribe' from='tybalt@localhost' to='juliet@localhost'/>
       <pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:avatar:metadata'/></pubsub>
       <query xmlns='jabber:iq:privacy'/>
+      <archive xmlns='urn:xmpp:pie:0#mam'>
+        <result xmlns='urn:xmpp:mam:2' id='prosody-arch-1'>
+          <forwarded xmlns='urn:xmpp:forward:0'>
+            <delay xmlns='urn:xmpp:delay' stamp='2024-01-01T10:00:00Z'/>
+            <message xmlns='jabber:client' from='romeo@localhost/orchard' to='juliet@localhost' type='chat'>
+              <body>But soft!</body></message>
+          </forwarded>
+        </result>
+      </archive>
     </user>
     <user name='romeo' password='romeo-pw'>
       <query xmlns='jabber:iq:roster'><item jid='juliet@localhost' subscription='both'/></query>
@@ -132,6 +153,8 @@ async def test_import_of_a_prosody_or_ejabberd_shaped_export(tmp_path):
     exported = cli("export", "-c", cfg).stdout
     assert "Wherefore art thou?" in exported and "Juliet Capulet" in exported
     assert "exodus:prefs" in exported and "tybalt@localhost" in exported and "Lovers" in exported
+    assert "prosody-arch-1" in exported and "But soft!" in exported and "2024-01-01T10:00:00.000000Z" in exported
+    assert "with='romeo@localhost'" in exported  # the other party, derived from the message
     s = RunningServer({"domains": ["localhost"]}, tmp_path / "data").start()
     try:
         # SCRAM-SHA-1 keys only: a SCRAM-SHA-1 login works; the plaintext password became keys
@@ -163,6 +186,11 @@ MALFORMED = {
     "bad_subscription": ("<server-data xmlns='urn:xmpp:pie:0'><host jid='localhost'><user name='ok2'/>"
                          "<user name='x'><query xmlns='jabber:iq:roster'><item jid='a@b' subscription='maybe'/>"
                          "</query></user></host></server-data>", "unknown subscription"),
+    "bad_archive_stamp": ("<server-data xmlns='urn:xmpp:pie:0'><host jid='localhost'><user name='x'>"
+                          "<archive xmlns='urn:xmpp:pie:0#mam'><result xmlns='urn:xmpp:mam:2' id='a'>"
+                          "<forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay' stamp='yesterday'/>"
+                          "<message xmlns='jabber:client'/></forwarded></result></archive></user></host>"
+                          "</server-data>", "is not a time"),
     "missing_file": (None, "cannot read"),
 }
 

@@ -765,6 +765,9 @@ async def export_accounts(db: SQLStorage, host: str | None = None) -> builtins.l
         for r in await conn.execute(sa.select(offline).where(where(offline)).order_by(offline.c.id)):
             if (a := out.get((r.host, r.username))) is not None:
                 a.offline.append(r.stanza)
+        for r in await conn.execute(sa.select(archive).where(where(archive)).order_by(archive.c.seq)):
+            if (a := out.get((r.host, r.username))) is not None:
+                a.archive.setdefault(r.store, []).append(ArchiveItem(r.id, r.ts, r.peer, r.value, r.text))
         return list(out.values())
 
     return await db._read(tx, snapshot=True)
@@ -812,6 +815,12 @@ async def import_accounts(db: SQLStorage, items: Sequence[AccountData]) -> None:
             if a.offline:
                 await conn.execute(sa.insert(offline), [
                     {"host": a.host, "username": a.user, "stanza": st, "created_at": now} for st in a.offline])
+            for store, entries in a.archive.items():
+                if entries:
+                    await conn.execute(sa.insert(archive), [
+                        {"store": store, "host": a.host, "username": a.user, "id": i.id, "ts": float(i.when),
+                         "peer": i.with_, "peer_bare": _bare(i.with_), "value": i.value, "text": i.text}
+                        for i in entries])
 
     await db._write(tx)
 
