@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import Config, ConfigError, load_config
 from .jid import JID, InvalidJID
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 class CLIError(Exception):
@@ -25,6 +27,8 @@ class CLIError(Exception):
 
 
 def _config(args: argparse.Namespace) -> Config:
+    from .config import load_config  # pydantic: only for commands that need the configuration
+
     return load_config(args.config)
 
 
@@ -673,6 +677,7 @@ async def _serve(cfg: Config, config_path: str | None) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from . import logsetup
+    from .config import ConfigError
     from .server import Server
 
     log = logging.getLogger("rookery")
@@ -786,6 +791,8 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .config import ConfigError
+
     try:
         return int(args.fn(args) or 0)
     except (CLIError, ConfigError) as e:
