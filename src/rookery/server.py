@@ -44,6 +44,7 @@ from .transports.tcp import Flusher, RateLimit, SendLimit, StreamProtocol, liste
 log = logging.getLogger(__name__)
 conn_log = logging.getLogger("rookery.c2s")
 
+CONN_LOG_PER_SECOND = 50  # connection opened/closed lines at most, then a summary
 FD_RESERVE = 64  # file descriptors kept for listeners, storage, logs, the control socket
 
 
@@ -100,6 +101,7 @@ class Server:
         #: the server owns the process's logging (``rookery serve``): reload re-applies ``[log]``
         self.manage_logging = False
         self.tracer = admin.Tracer(self)
+        self._conn_log_second, self._conn_log_count, self._conn_log_dropped = 0, 0, 0
         #: (stanzas received by kind, elements sent by first letter), counted by the c2s streams when
         #: metrics are on (None: not counted, nothing done per stanza)
         self.stanza_counts: tuple[dict[str, int], dict[str, int]] | None = None
@@ -319,14 +321,34 @@ class Server:
 
     def stream_started(self, stream: C2SStream) -> None:
         self.streams[stream] = time.monotonic()
-        if conn_log.isEnabledFor(logging.INFO):
-            conn_log.info("connection from %s opened", stream.transport.peer_ip)
+
+    def stream_opened(self, stream: C2SStream) -> None:
+        """The first stream header of a connection was accepted: the "connection opened" line (a
+        connection that never sends one, e.g. in a flood, logs nothing; lines are rate-limited)."""
+        if conn_log.isEnabledFor(logging.INFO) and self._conn_log_allowed():
+            conn_log.info("connection from %s opened: stream %s to %s", stream.transport.peer_ip, stream.stream_id,
+                          stream.local_domain)
+
+    def _conn_log_allowed(self) -> bool:
+        """At most ``CONN_LOG_PER_SECOND`` connection lines a second; then one line says how many were not
+        written (a flood must not flood the log)."""
+        now = int(time.monotonic())
+        if now != self._conn_log_second:
+            if self._conn_log_dropped:
+                conn_log.warning("%d connection log lines not written (more than %d a second)",
+                                 self._conn_log_dropped, CONN_LOG_PER_SECOND)
+            self._conn_log_second, self._conn_log_count, self._conn_log_dropped = now, 0, 0
+        self._conn_log_count += 1
+        if self._conn_log_count > CONN_LOG_PER_SECOND:
+            self._conn_log_dropped += 1
+            return False
+        return True
 
     def stream_ended(self, stream: C2SStream, session: Session | None) -> None:
         """A c2s stream is over.  Its session ends, unless a module keeps it detached
         (the ``session-stream-lost`` fold returns True: XEP-0198 resumption)."""
         started = self.streams.pop(stream, None)
-        if conn_log.isEnabledFor(logging.INFO):
+        if stream.announced and conn_log.isEnabledFor(logging.INFO) and self._conn_log_allowed():
             conn_log.info("connection from %s closed: stream %s, %s, %.1f s", stream.transport.peer_ip,
                           stream.stream_id or "-", stream.jid or stream.username or "not authenticated",
                           time.monotonic() - started if started is not None else 0.0)

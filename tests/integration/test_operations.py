@@ -204,7 +204,7 @@ async def test_log_lines_for_connections_logins_and_accounts_never_a_password(se
     assert f"account {jid} created" in text
     assert f"login failed: {jid} (PLAIN) from 127.0.0.1: wrong password" in text
     assert f"login ok: {jid.split('@')[0]}@localhost (PLAIN) from 127.0.0.1" in text
-    assert "connection from 127.0.0.1 opened" in text
+    assert "connection from 127.0.0.1 opened: stream " in text
     assert any("connection from 127.0.0.1 closed: stream " in ln and f"{jid}/raw" in ln and " s" in ln
                for ln in text.splitlines())
     assert "s3cret-pw" not in text and "wr0ng-pw" not in text

@@ -81,7 +81,7 @@ class C2SStream(XMLStream):
     """One client connection.  After binding it carries a ``Session``."""
 
     __slots__ = ("host", "settings", "authenticated", "username", "session", "auth_info", "sasl",
-                 "accept_pre_1_0", "ext", "_pre_1_0", "_negotiators", "_in_counts")
+                 "accept_pre_1_0", "ext", "_pre_1_0", "_negotiators", "_in_counts", "announced")
 
     content_ns = ns.CLIENT
 
@@ -100,6 +100,8 @@ class C2SStream(XMLStream):
         #: per-module state of this stream before a session exists (e.g. a validated invite token)
         self.ext: dict[str, Any] = {}
         self._pre_1_0 = False
+        #: the host was told the stream opened (``stream_opened``: the operators' "connection opened" line)
+        self.announced = False
         self._negotiators = negotiators
         super().__init__(transport, framer, limits, host.spawn)
         # stanzas received and elements sent, for metrics (only when the host counts them)
@@ -138,6 +140,11 @@ class C2SStream(XMLStream):
             self._pre_1_0 = True
         elif not version.partition(".")[0].isdigit():
             return "unsupported-version", None
+        if not self.announced:  # the first stream header of the connection (not a restart)
+            self.announced = True
+            opened = getattr(self.host, "stream_opened", None)
+            if opened is not None:
+                opened(self)
         return None
 
     def features(self) -> Element | Awaitable[Element] | None:
