@@ -437,8 +437,9 @@ class Server:
                         changed.append(f"{name}.{key}")
             else:
                 changed.append(name)
-        applied = [k for k in changed if k in self.HOT]
-        restart = [k for k in changed if k not in self.HOT]
+        # every [limits] key is read where it is enforced (quotas by modules, connection limits below)
+        applied = [k for k in changed if k in self.HOT or k.startswith("limits.")]
+        restart = [k for k in changed if k not in applied]
         if "tls" in applied:
             mgr = tls.TLSManager(new, self.config.data_path())  # check the new files before touching anything
             mgr.pairs()

@@ -223,10 +223,12 @@ async def test_reload_applies_limits_and_log_level_and_names_what_needs_a_restar
         text = sp.config.read_text()
         sp.config.write_text(text.replace('level = "info"', 'level = "warning"')
                              .replace("[c2s]\n", "[c2s]\nmax_auth_failures_per_account = 7\n")
-                             .replace('domains = ["localhost", "example.org"]', 'domains = ["localhost"]'))
+                             .replace('domains = ["localhost", "example.org"]', 'domains = ["localhost"]')
+                             + "\n[limits]\nmax_roster_items = 5\n")
         r = await acli("reload", "-c", sp.config)
         assert r.returncode == 0, r.stderr
         assert "c2s.max_auth_failures_per_account" in r.stdout and "log" in r.stdout.splitlines()[0]
+        assert "limits.max_roster_items" in r.stdout.splitlines()[0]
         assert "needs a restart to take effect: domains" in r.stdout
         # the session survived the reload
         pong = await c.iq("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
