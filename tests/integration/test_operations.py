@@ -376,8 +376,12 @@ async def test_channel_binding_variants_before_the_right_login_never_slow_or_loc
     assert s.call_sync(s.server.auth_limiter.delay, "127.0.0.1", user) == 0
 
 
-async def test_wrong_passwords_delay_that_account_from_that_address_first(rookery_server_factory):
+async def test_wrong_passwords_delay_that_account_from_that_address_first(rookery_server_factory, caplog):
+    import logging
+
     from test_streams import _scram
+
+    caplog.set_level(logging.INFO, logger="rookery.auth")
 
     s = rookery_server_factory(c2s={"max_auth_failures_per_ip": 50, "max_auth_failures_per_account": 2,
                                     "auth_failure_delay": 0.2})
@@ -389,6 +393,9 @@ async def test_wrong_passwords_delay_that_account_from_that_address_first(rooker
         await c.open_stream()
         assert (await _scram(c, "SCRAM-SHA-256", user, "wrong", None)).tag.endswith("}failure")
         await c.close()
+    # the lock-out line names the address and the account, never a password
+    throttled = [r.getMessage() for r in caplog.records if "login throttled" in r.getMessage()]
+    assert throttled and user in throttled[0] and "127.0.0.1" in throttled[0] and "wrong" not in throttled[0]
     # that account from that address now waits (0.2 s * 2 for the first attempt over), then logs in
     c = await RawClient().connect(s.direct_tls_port, tls=True)
     await c.open_stream()
