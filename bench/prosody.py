@@ -108,7 +108,15 @@ def lua_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def write_config(p: dict[str, str], port: int, extra: list[str] | None = None) -> None:
+MUC_COMPONENT = """
+Component "conference.localhost" "muc"
+  restrict_room_creation = false
+  muc_room_locking = false
+  muc_tombstones = false
+"""
+
+
+def write_config(p: dict[str, str], port: int, extra: list[str] | None = None, muc: bool = False) -> None:
     os.makedirs(p["accounts"], exist_ok=True)
     os.makedirs(p["certs"], exist_ok=True)
     text = CONFIG.format(
@@ -120,6 +128,8 @@ def write_config(p: dict[str, str], port: int, extra: list[str] | None = None) -
     )
     if extra:  # global options must come before the VirtualHost line
         text = text.replace('VirtualHost "localhost"', "\n".join(extra) + '\n\nVirtualHost "localhost"')
+    if muc:  # XEP-0045 rooms for bench/muc_bench.py
+        text += MUC_COMPONENT
     with open(p["config"], "w") as f:
         f.write(text)
 
@@ -238,7 +248,7 @@ def start(args: argparse.Namespace) -> int:
     if not os.path.exists(prosody):
         print("prosody is not installed (apt-get install prosody)", file=sys.stderr)
         return 1
-    write_config(p, args.port, args.extra)
+    write_config(p, args.port, args.extra, args.muc)
     make_cert(p)
     t0 = time.monotonic()
     created = make_accounts(p, args.user, args.users, args.password, args.scram_cache)
@@ -337,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         help="extra global config line, e.g. 'network_settings = { nagle = false }' (repeatable)",
     )
     ap.add_argument("--start-timeout", type=float, default=20.0)
+    ap.add_argument("--muc", action="store_true", help="also serve XEP-0045 rooms on conference.localhost (mod_muc)")
     args = ap.parse_args(argv)
     args.dir = os.path.abspath(args.dir)
     args.scram_cache = args.scram_cache or None

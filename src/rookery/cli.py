@@ -280,6 +280,29 @@ def cmd_users(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_s2s(args: argparse.Namespace) -> int:
+    """List the running server's s2s connections (through its control socket)."""
+    from .control import notify
+
+    cfg = _config(args)
+    resp = notify(cfg.data_path(), {"op": "s2s"})
+    if resp is None:
+        raise CLIError(f"no running server answers on {cfg.data_path()} (is it running with this configuration?)")
+    if not resp.get("ok"):
+        raise CLIError(str(resp.get("error", "the server refused the request")))
+    rows = resp.get("s2s", [])
+    if not rows:
+        print("no s2s connections" if resp.get("enabled") else "federation is off ([s2s] has no listener or host)")
+        return 0
+    head = ("PEER", "LOCAL", "DIR", "STATE", "AUTH", "TLS", "IDLE", "QUEUED")
+    table = [head] + [(r["domain"], r["local"], r["direction"], r["state"], r["auth"] or "-", r["tls"] or "-",
+                       f"{r['idle']:.0f}s", str(r["queued"])) for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
+    for row in table:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
 def cmd_invite(args: argparse.Namespace) -> int:
     """XEP-0401 / XEP-0445: a single-use invite token for in-band registration (``[register]
     invite_only``), printed with its ``xmpp:`` URI."""
@@ -641,8 +664,6 @@ def cmd_check(args: argparse.Namespace) -> int:
             problems.append(f"storage: cannot write to {_storage_name(cfg)}: {str(e).splitlines()[0]}")
     else:
         print(f"storage: {cfg.data_dir} does not exist yet; it is created at first start")
-    if cfg.s2s.listen:
-        print("warning: [s2s] listen does nothing in this build (no federation yet)")
     if problems:
         raise CLIError("; ".join(problems))
     return 0
@@ -780,6 +801,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--off", action="store_true", help="stop tracing it")
     sp.set_defaults(fn=cmd_debug)
     sub.add_parser("check", parents=[common], help="validate the configuration").set_defaults(fn=cmd_check)
+    sub.add_parser("s2s", parents=[common], help="list the running server's server-to-server connections"
+                   ).set_defaults(fn=cmd_s2s)
     return p
 
 

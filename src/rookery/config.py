@@ -16,7 +16,7 @@ from .jid import InvalidJID, nameprep
 DEFAULT_MODULES = [
     "roster", "presence", "disco", "caps", "ping", "version", "time", "last", "vcard", "private",
     "offline", "session", "register", "contact_info", "carbons", "csi", "blocking", "smacks", "push",
-    "mam",
+    "mam", "upload", "proxy65", "external_services", "websocket", "bosh", "http_discovery", "web_client", "muc",
 ]
 
 
@@ -63,9 +63,72 @@ class C2SConfig(_Section):
 
 
 class S2SConfig(_Section):
+    """``[s2s]``: server-to-server federation (RFC 6120, XEP-0220, XEP-0178); see docs/federation.md.
+    Federation is on when a listener or a static host is configured."""
+
+    #: STARTTLS listeners for incoming peers ("*:5269" on a public server)
     listen: list[str] = []
+    #: XEP-0368 direct TLS listeners for incoming peers (the _xmpps-server SRV target, e.g. "*:5270")
+    direct_tls_listen: list[str] = []
+    #: static peer addresses that win over DNS: {"example.org" = "127.0.0.1:25269"}
+    hosts: dict[str, str] = {}
+    #: refuse peers whose certificate is not valid for their domain (no dialback fallback)
+    require_valid_certs: bool = False
+    #: XEP-0220 server dialback when the certificate does not authenticate the peer
+    dialback: bool = True
+    #: seconds an s2s connection may stay unused before it is closed
+    idle_timeout: float = Field(300.0, gt=0)
+    #: seconds to resolve, connect, secure and authenticate an outgoing connection (and to verify dialback)
+    connect_timeout: float = Field(30.0, gt=0)
+    #: stanzas held per outgoing connection while it is being set up; more bounce (resource-constraint)
+    max_queue: int = Field(1000, ge=1)
+
+    _v_listen = field_validator("listen", "direct_tls_listen")(_check_listen)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for domain, addr in v.items():
+            _check_listen([addr])
+            try:
+                out[nameprep(domain)] = addr
+            except InvalidJID as e:
+                raise ValueError(f"{domain!r} is not a valid domain ({e})") from None
+        return out
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen or self.direct_tls_listen or self.hosts)
+
+
+class ComponentsConfig(_Section):
+    """``[components]``: external components (XEP-0114), e.g. gateways such as biboumi."""
+
+    #: where components connect; only listened on when ``secrets`` names at least one component
+    listen: list[str] = ["127.0.0.1:5347"]
+    #: component domain -> its shared secret (the ``<handshake/>`` password)
+    secrets: dict[str, str] = {}
 
     _v_listen = field_validator("listen")(_check_listen)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for domain, secret in v.items():
+            try:
+                d = nameprep(domain)
+            except InvalidJID as e:
+                raise ValueError(f"{domain!r} is not a valid domain ({e})") from None
+            if "@" in d or "/" in d:
+                raise ValueError(f"{domain!r} is not a domain (a component serves a whole domain)")
+            if d in out:
+                raise ValueError(f"{domain!r} is given twice")
+            if not secret:
+                raise ValueError(f"{domain!r}: the secret must not be empty")
+            out[d] = secret
+        return out
 
 
 class HTTPConfig(_Section):
@@ -80,8 +143,11 @@ class HTTPConfig(_Section):
     max_request_size: int = Field(1048576, ge=1024)
     #: origins allowed by CORS for web clients ("*": any)
     cors_origins: list[str] = ["*"]
-    #: serve the built-in web client at /
+    #: serve the built-in web client at / (the ``web_client`` module; false: as if it were not in ``modules``)
     web_client: bool = True
+    #: plain-HTTP requests from a loopback address count as encrypted for WebSocket and BOSH (RFC 6120
+    #: require_encryption): the traffic never leaves the host (a local client, or a TLS-terminating proxy)
+    secure_loopback: bool = True
 
     _v_listen = field_validator("listen", "tls_listen")(_check_listen)
 
@@ -154,6 +220,8 @@ class TLSConfig(_Section):
     min_version: Literal["1.2", "1.3"] = "1.2"
     #: TLS 1.2 cipher suites, an OpenSSL cipher list (TLS 1.3 suites are all strong and not affected)
     ciphers: str = MOZILLA_INTERMEDIATE
+    #: extra trust anchors (PEM) for s2s peer certificates, besides the system store
+    ca_file: str | None = None
 
     @field_validator("ciphers")
     @classmethod
@@ -164,6 +232,13 @@ class TLSConfig(_Section):
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(v)
         except ssl.SSLError:
             raise ValueError(f"{v!r} selects no cipher OpenSSL knows") from None
+        return v
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"{v!r} is not a readable file")
         return v
 
     @model_validator(mode="after")
@@ -292,6 +367,7 @@ class Config(_Section):
     s2s: S2SConfig = S2SConfig()
     http: HTTPConfig = HTTPConfig()
     metrics: MetricsConfig = MetricsConfig()
+    components: ComponentsConfig = ComponentsConfig()
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()
     offline: OfflineConfig = OfflineConfig()
@@ -346,6 +422,14 @@ class Config(_Section):
                 raise ValueError(f"{a!r}: admins are bare JIDs (no /resource)")
             out.append(str(j))
         return out
+
+    @model_validator(mode="after")
+    def _components_apart(self) -> Config:
+        """A component domain is not one of the served domains (those are routed to local accounts)."""
+        for d in self.components.secrets:
+            if d in self.domains:
+                raise ValueError(f"components.secrets: {d} is one of the served domains")
+        return self
 
     @field_validator("storage")
     @classmethod
@@ -431,7 +515,10 @@ class Config(_Section):
 
     def modules_for(self, host: str) -> list[str]:
         vh = self.vhosts.get(host)
-        return list(vh.modules) if vh is not None and vh.modules is not None else list(self.modules)
+        mods = list(vh.modules) if vh is not None and vh.modules is not None else list(self.modules)
+        if not self.http.web_client:
+            mods = [m for m in mods if m != "web_client"]
+        return mods
 
     @property
     def effective_log_level(self) -> str:

@@ -47,7 +47,13 @@ def _user_created(server: Server, req: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _s2s(server: Server, req: dict[str, Any]) -> dict[str, Any]:
+    pool = getattr(server, "s2s", None)
+    return {"enabled": pool is not None, "s2s": pool.describe() if pool is not None else []}
+
+
 register_op("user-deleted", _user_deleted)
+register_op("s2s", _s2s)
 register_op("user-created", _user_created)
 
 

@@ -34,8 +34,11 @@ collected per domain by the module manager (``ctx.catalog``).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 from xml.etree.ElementTree import Element
 
@@ -164,7 +167,8 @@ class ModuleContext:
     def __init__(self, name: str, *, router: RouterAPI, sessions: SessionRegistry, storage: Storage,
                  stores: Stores, options: BaseModel, host_options: dict[str, BaseModel], hosts: list[str],
                  catalog: Catalog, registrar: Registrar, services: dict[str, Any], started_at: float,
-                 admins: frozenset[str] = frozenset(), limits: Any = None) -> None:
+                 admins: frozenset[str] = frozenset(), limits: Any = None, data_dir: Path | None = None,
+                 secret: bytes = b"") -> None:
         self.name = name
         self.router = router
         self.sessions = sessions
@@ -182,6 +186,8 @@ class ModuleContext:
         self._host_options = host_options
         self._registrar = registrar
         self._services = services
+        self._data_dir = data_dir
+        self._secret = secret
         self.handles: list[Handle] = []
 
     # -- configuration -----------------------------------------------------------------------
@@ -197,6 +203,21 @@ class ModuleContext:
         (the top-level ``admins`` list: the one source of admin rights for every service)."""
         bare = jid.bare if hasattr(jid, "bare") else str(jid).partition("/")[0]
         return str(bare) in self.admins
+
+    # -- files and keys ----------------------------------------------------------------------
+    def data_path(self, *parts: str) -> Path:
+        """A path in this module's own directory, ``<data_dir>/<module name>/...`` (not created;
+        ``ValueError`` when the server has no ``data_dir``)."""
+        if self._data_dir is None:
+            raise ValueError(f"module {self.name}: the server has no data_dir")
+        return self._data_dir.joinpath(self.name, *parts)
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A 32-byte key for ``purpose``, derived from the server secret (``server_secret``) with
+        HMAC-SHA256: the same across restarts, different for every module and purpose."""
+        if not self._secret:
+            raise ValueError(f"module {self.name}: the server has no secret")
+        return hmac.new(self._secret, f"rookery module key\0{self.name}\0{purpose}".encode(), hashlib.sha256).digest()
 
     # -- storage -----------------------------------------------------------------------------
     def open_store(self, name: str, kind: str = "keyval") -> Any:
@@ -240,6 +261,19 @@ class ModuleContext:
         """The absolute URL of ``path`` on the HTTP side (``[http] public_url`` when set)."""
         return self._registrar.http_base_url(secure) + path
 
+    def http_secure(self, request: Any) -> bool:
+        """Whether an HTTP request counts as encrypted: it came over HTTPS, or from a loopback address
+        while ``[http] secure_loopback`` is on (a TLS-terminating reverse proxy on the same host)."""
+        return self._registrar.http_secure(request)
+
+    def c2s_stream(self, transport: Any, framer: Any) -> Any:
+        """A client stream (the same c2s code as TCP) on ``transport`` framed by ``framer``: how the
+        carriers of XMPP over HTTP (modules ``websocket``, ``bosh``) start one.  ``transport`` is a
+        ``streams.transport.Transport`` with ``set_admission(limiter, key)``; the connection limits
+        count it.  Returns the stream (give it the transport's incoming data), or None when the
+        connection limits refuse it."""
+        return self._registrar.c2s_stream(transport, framer)
+
     def fire(self, event: str, *args: Any) -> Awaitable[None] | None:
         """Fire a server-wide event (an awaitable when some handler was async)."""
         return self._registrar.fire(event, *args)
@@ -276,6 +310,10 @@ class Registrar(Protocol):
                    cors: bool) -> Handle: ...
 
     def http_base_url(self, secure: bool) -> str: ...
+
+    def http_secure(self, request: Any) -> bool: ...
+
+    def c2s_stream(self, transport: Any, framer: Any) -> Any: ...
 
     def fire(self, event: str, *args: Any) -> Awaitable[None] | None: ...
 

@@ -100,9 +100,12 @@ class ModuleCatalog:
 class ModuleManager:
     def __init__(self, config: Config, *, router: RouterAPI, sessions: SessionRegistry, routes: RouteTable,
                  events: EventBus, tables: dict[str, HandlerTable], elements: dict[str, Callable[..., Any]],
-                 storage: Storage, tasks: Tasks, started_at: float, http: HTTPService | None = None) -> None:
+                 storage: Storage, tasks: Tasks, started_at: float, http: HTTPService | None = None,
+                 secret: bytes = b"", c2s: Callable[[Any, Any], Any] | None = None) -> None:
         self.config = config
+        self.secret = secret  # the server secret (ctx.derive_key)
         self.http = http  # the [http] listeners' routes (None: no HTTP side)
+        self.c2s = c2s  # starts a c2s stream on a transport and framer (the HTTP carriers)
         self.router = router
         self.sessions = sessions
         self.routes = routes
@@ -167,7 +170,7 @@ class ModuleManager:
                             stores=self.stores, options=opts, host_options=host_opts, hosts=list(hosts),
                             catalog=self.catalog, registrar=self, services=self.services,
                             started_at=self.started_at, admins=frozenset(self.config.admins),
-                            limits=self.config.limits)
+                            limits=self.config.limits, data_dir=self.config.data_path(), secret=self.secret)
         mod = cls(ctx)
         for svc in cls.provides:
             if svc in self.services:
@@ -300,6 +303,14 @@ class ModuleManager:
 
     def http_base_url(self, secure: bool) -> str:
         return self.http.base_url(secure) if self.http is not None else "http://localhost:5280"
+
+    def http_secure(self, request: Any) -> bool:
+        return self.http.is_secure(request) if self.http is not None else bool(request.secure)
+
+    def c2s_stream(self, transport: Any, framer: Any) -> Any:
+        if self.c2s is None:
+            raise ValueError("this server cannot start client streams for modules")
+        return self.c2s(transport, framer)
 
     def fire(self, event: str, *args: Any) -> Awaitable[None] | None:
         return self.events.fire(event, *args)

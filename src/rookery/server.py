@@ -17,6 +17,7 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from . import admin, server_secret, tls
+from .components import Components
 from .config import Config
 from .control import SOCKET_NAME, ControlServer
 from .jid import JID
@@ -30,6 +31,7 @@ from .stanza import Stanza
 from .streams.auth_limits import AuthFailureLimiter
 from .streams.bind import Bind, BindRefused
 from .streams.c2s import C2SStream, ElementHandler
+from .streams.component import ComponentStream
 from .streams.legacy_auth import LegacyAuth
 from .streams.negotiator import Negotiator, Negotiators
 from .streams.sasl_auth import SASLAuth
@@ -38,7 +40,7 @@ from .streams.starttls import StartTLS
 from .streams.transport import StreamFramer
 from .streams.xmlstream import StreamLimits
 from .transports.http import HTTPService
-from .transports.limits import ConnectionLimiter
+from .transports.limits import ConnectionLimiter, address_key
 from .transports.tcp import Flusher, RateLimit, SendLimit, StreamProtocol, listen
 
 log = logging.getLogger(__name__)
@@ -129,7 +131,13 @@ class Server:
         h = config.http
         #: the HTTP side (routes are added by modules and the HTTP carriers; listens at start)
         self.http = HTTPService(max_request_size=h.max_request_size, cors_origins=h.cors_origins,
-                                public_url=h.public_url)
+                                public_url=h.public_url, secure_loopback=h.secure_loopback)
+        #: external components (XEP-0114): their routes and streams (components.py)
+        self.components = Components(config.components.secrets, config.domains, self.routes, self.events,
+                                     self.router.route, self.router.reply, self.tasks.spawn, self.auth_limiter)
+        #: federation (``s2s.pool.S2SPool``), when ``[s2s]`` enables it
+        self.s2s: Any = None
+        self._remote_route: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -141,17 +149,20 @@ class Server:
         self.storage = make_storage(cfg.storage, str(data_dir), offline_limit=cfg.offline_limit)
         await self.storage.open()
         self.secret = server_secret.load_or_create(data_dir)
+        tls.limit_tls_read_buffers()
         self.tls = tls.TLSManager(cfg, data_dir)
         self.tls.load()
-        self.cert_path = self.tls.default_cert
+        cert, key = self.tls.cert_files[""], self.tls.key_files[""]
+        self.cert_path = cert
         starttls_ctx, direct_ctx = self.tls.starttls, self.tls.direct
         cb_data = self.tls.cb_data(None)
         cb_lookup = self.tls.cb_data
         self.modules = ModuleManager(cfg, router=self.router, sessions=self.sessions, routes=self.routes,
                                      events=self.events, tables=self.tables, elements=self.elements,
                                      storage=self.storage, tasks=self.tasks, started_at=self.started_at,
-                                     http=self.http)
+                                     http=self.http, secret=self.secret, c2s=self.open_c2s_stream)
         await self.modules.load_all()
+        self.components.install()  # after the modules: a clash with a service's subdomain is an error
         loop = asyncio.get_running_loop()
         flusher = Flusher(loop)
         self.admission = ConnectionLimiter(self._max_connections(), cfg.limits.max_connections_per_ip,
@@ -178,8 +189,10 @@ class Server:
             await self._listen("c2s", spec, c2s_factory(starttls_ctx, False), None)
         for spec in cfg.c2s.direct_tls_listen:
             await self._listen("c2s_direct_tls", spec, c2s_factory(direct_ctx, True), direct_ctx)
-        if cfg.s2s.listen:
-            log.warning("[s2s] listeners are not part of this build yet; ignoring them")
+        if cfg.s2s.enabled:
+            await self._start_s2s(cert, key, flusher, send_limit)
+            pool = self.s2s
+            self.status_sections["s2s"] = lambda: pool.describe() if pool is not None else []
         https_ctx = self.tls.https
         await self.http.start(cfg.http.listen, cfg.http.tls_listen, https_ctx)
         if cfg.metrics.active:
@@ -196,9 +209,58 @@ class Server:
         except OSError as e:
             log.warning("control socket unavailable (%s): CLI changes reach this server only via storage", e)
             self._control = None
+        if cfg.components.secrets:  # XEP-0114: only when components are configured
+            def component_stream(t: StreamProtocol) -> ComponentStream:
+                t.set_send_limit(send_limit)  # no rate limit: a gateway carries many users' traffic
+                return ComponentStream(self.components, t, self._framer, self._limits)
+
+            def component_factory() -> StreamProtocol:
+                return StreamProtocol(component_stream, None, False, None, flusher, self.admission)
+
+            for spec in cfg.components.listen:
+                if not spec.startswith(("127.", "[::1]:", "localhost:")):
+                    log.warning("[components] listen %s: component streams are not encrypted; keep them "
+                                "on loopback or a trusted network", spec)
+                await self._listen("component", spec, component_factory, None)
         if cfg.c2s.keepalive_interval > 0:
             self._schedule_keepalive()
         log.info("Rookery serving %s", ", ".join(cfg.domains))
+
+    async def _start_s2s(self, cert: Any, key: Any, flusher: Flusher, send_limit: SendLimit) -> None:
+        """Federation (docs/federation.md): the s2s pool as the remote route, and its listeners."""
+        from .s2s import certs
+        from .s2s.pool import S2SPool, StreamSettings
+
+        s, t = self.config.s2s, self.config.tls
+        srv_ctx, judged = certs.s2s_server_context(cert, key, t.min_version, t.ciphers, t.ca_file)
+        direct_srv_ctx, _ = certs.s2s_server_context(cert, key, t.min_version, t.ciphers, t.ca_file,
+                                                     alpn=["xmpp-server"])
+        client_ctx, judged_out = certs.s2s_client_context(cert, key, t.min_version, t.ciphers, t.ca_file)
+        direct_client_ctx, _ = certs.s2s_client_context(cert, key, t.min_version, t.ciphers, t.ca_file,
+                                                        alpn=["xmpp-server"])
+        by_domain = self.routes.by_domain
+        pool = self.s2s = S2SPool(
+            secret=self.secret, serves=by_domain.__contains__, route=self.router.route, reply=self.router.reply,
+            spawn=self.tasks.spawn, framer=self._framer, limits=self._limits, flusher=flusher,
+            send_limit=send_limit, settings=StreamSettings(s.dialback, s.require_valid_certs), hosts=s.hosts,
+            connect_timeout=s.connect_timeout, idle_timeout=s.idle_timeout, max_queue=s.max_queue,
+            server_ctxs=[srv_ctx, direct_srv_ctx], client_ctx=client_ctx, direct_client_ctx=direct_client_ctx,
+            certs_judged=judged and judged_out)
+        self._remote_route = self.routes.set_remote(pool.forward)
+
+        def s2s_stream(tr: StreamProtocol) -> Any:
+            tr.set_send_limit(send_limit)
+            return pool.new_incoming(tr)
+
+        def s2s_factory(ctx: Any, direct: bool) -> Any:
+            def make() -> StreamProtocol:
+                return StreamProtocol(s2s_stream, ctx, direct, None, flusher, self.admission)
+            return make
+
+        for spec in s.listen:
+            await self._listen("s2s", spec, s2s_factory(srv_ctx, False), None)
+        for spec in s.direct_tls_listen:
+            await self._listen("s2s_direct_tls", spec, s2s_factory(direct_srv_ctx, True), direct_srv_ctx)
 
     def _max_connections(self) -> int:
         """``[limits] max_connections``, or what the file descriptor limit allows (raised to its hard
@@ -232,6 +294,17 @@ class Server:
         return C2SStream(self, transport, framer or self._framer, c, self._limits, negotiators,
                          accept_pre_1_0=c.legacy_auth)
 
+    def open_c2s_stream(self, transport: Any, framer: Any) -> C2SStream | None:
+        """A c2s stream for a carrier other than the TCP listeners (WebSocket, BOSH: ``ctx.c2s_stream``),
+        counted by the connection limits like a TCP connection (None: over a limit)."""
+        adm = self.admission
+        if adm is not None:
+            key = address_key(transport.peer_ip)
+            if adm.admit(key) is not None:
+                return None
+            transport.set_admission(adm, key)
+        return self.new_c2s_stream(transport, framer)
+
     async def _listen(self, kind: str, spec: str, factory: Any, ctx: Any) -> None:
         try:
             srv = await listen(spec, factory, ctx)
@@ -250,6 +323,7 @@ class Server:
     def _send_keepalives(self) -> None:
         for s in list(self.streams):
             s.keepalive()
+        self.components.keepalive()
         self._schedule_keepalive()
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -260,6 +334,9 @@ class Server:
             srv.close()
         for s in list(self.streams):
             s.close("system-shutdown", "the server is shutting down")
+        if self.s2s is not None:
+            self.s2s.close_all()
+        self.components.close_all("system-shutdown", "the server is shutting down")
         for ref in self.sessions.all():  # detached sessions have no stream to close
             self.sessions.close(ref)
         await self.tasks.wait(timeout)
@@ -274,6 +351,10 @@ class Server:
         if self.storage is not None:
             await self.storage.close()
         self.stopped.set()
+
+    def connected_components(self) -> list[dict[str, Any]]:
+        """The connected external components (XEP-0114): domain, peer address, since, stanza counts."""
+        return self.components.status()
 
     # -- C2SHost: what client streams need -------------------------------------------------
     def serves(self, domain: str) -> bool:

@@ -54,6 +54,10 @@ class RunningServer:
             # every test client comes from 127.0.0.1: per-address connection limits out of reach too
             "limits": {"max_connections_per_ip": 0, "max_unauthenticated_per_ip": 0},
             "http": {"listen": ["127.0.0.1:0"], "tls_listen": ["127.0.0.1:0"]},
+            # listened on only when a test configures [components] secrets
+            "components": {"listen": ["127.0.0.1:0"]},
+            # the SOCKS5 bytestreams proxy (XEP-0065) on a free port too
+            "proxy65": {"listen": ["127.0.0.1:0"]},
         }
         self.config = Config.model_validate(_merge(base, settings))
         self.data_dir = data_dir
@@ -92,6 +96,10 @@ class RunningServer:
         return self.server.addresses["c2s_direct_tls"][0][1]
 
     @property
+    def s2s_port(self) -> int:
+        return self.server.addresses["s2s"][0][1]
+
+    @property
     def http_port(self) -> int:
         return self.server.addresses["http"][0][1]
 
@@ -103,6 +111,11 @@ class RunningServer:
     def http_url(self) -> str:
         """``http://127.0.0.1:PORT`` of the plain HTTP listener."""
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def component_port(self) -> int:
+        """The XEP-0114 component port (the server must have ``components={"secrets": {...}}``)."""
+        return self.server.addresses["component"][0][1]
 
     @property
     def cert_path(self) -> Path:

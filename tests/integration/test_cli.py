@@ -58,6 +58,8 @@ def write_config(
         f"[http]\n"
         f'listen = ["127.0.0.1:0"]\n'
         f'tls_listen = ["127.0.0.1:0"]\n'
+        f"[proxy65]\n"
+        f'listen = ["127.0.0.1:0"]\n'
     )
     return path
 

@@ -112,12 +112,13 @@ async def test_server_disco_info_lists_identity_and_every_module_feature(server)
         await disconnect(c)
 
 
-async def test_server_disco_items_is_empty(server):
+async def test_server_disco_items_lists_only_its_internal_services(server):
     jid, pw = server.make_user()
     c = await client(server, jid, pw, "xep_0030")
     try:
         iq = await c.plugin["xep_0030"].get_items(jid=server.domain)
-        assert list(iq["disco_items"]["items"]) == []
+        services = {f"{m.subdomain}.{server.domain}" for m in server.server.modules.modules.values() if m.subdomain}
+        assert {item[0] for item in iq["disco_items"]["items"]} == services
     finally:
         await disconnect(c)
 

@@ -40,7 +40,7 @@ class Serve:
         self.config.write_text(
             f'domains = ["localhost"]\ndata_dir = "{self.data}"\nlog_level = "warning"\n'
             f'[c2s]\nlisten = ["127.0.0.1:{self.port}"]\ndirect_tls_listen = []\nmax_bytes_per_second = 0\n'
-            f'[http]\nlisten = []\ntls_listen = []\n')
+            f'[http]\nlisten = []\ntls_listen = []\n[proxy65]\nlisten = []\n')
         self.log = directory / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

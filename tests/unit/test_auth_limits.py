@@ -83,3 +83,15 @@ def test_memory_stays_bounded_by_pruning_expired_entries():
     clock.t += 11
     lim.failed("192.0.2.9")
     assert len(lim._counts) == 1
+
+
+def test_blocked_is_the_wall_component_handshakes_use():
+    clock = Clock()
+    lim = limiter(clock, per_ip=3)
+    for _ in range(2):
+        lim.failed("192.0.2.1")
+    assert not lim.blocked("192.0.2.1")
+    lim.failed("192.0.2.1")
+    assert lim.blocked("192.0.2.1") and not lim.blocked("192.0.2.2")
+    clock.t += 60
+    assert not lim.blocked("192.0.2.1")

@@ -366,3 +366,48 @@ async def test_registry_returns_the_replaced_session_and_removes_only_the_regist
     assert w.sessions.remove(new) is True and w.sessions.count() == 0
     with pytest.raises(AttributeError):
         w.sessions.update(new, jid=None)
+
+
+# -- SessionRegistry.deliver_each: group chat fan-out -------------------------------------------------
+def _groupchat() -> Element:
+    el = Element("message", {"from": "room@conference.example.org/nurse", "type": "groupchat", "id": "g1"})
+    SubElement(el, "body").text = "a <b> & 'c'"
+    return el
+
+
+def test_deliver_each_serializes_once_with_each_to() -> None:
+    w = World()
+    (s1, c1), (s2, c2) = w.online("juliet@example.org/a"), w.online("romeo@example.org/b")
+    el = _groupchat()
+    w.sessions.deliver_each([(s1, "juliet@example.org/a"), (s2, "romeo@example.org/b")], el)
+    for c, to in ((c1, "juliet@example.org/a"), (c2, "romeo@example.org/b")):
+        (got,) = c.sent
+        assert got.get("to") == to and got.get("from") == "room@conference.example.org/nurse"
+        assert got.findtext("body") == "a <b> & 'c'"
+
+
+def test_deliver_each_queues_addressed_copies_for_detached_sessions() -> None:
+    w = World()
+    (s1, c1), (s2, _c2) = w.online("juliet@example.org/a"), w.online("romeo@example.org/b")
+    s2.detach()
+    w.sessions.deliver_each([(s1, "juliet@example.org/a"), (s2, "romeo@example.org/b")], _groupchat())
+    (queued,) = s2.take_queue()
+    assert queued.get("to") == "romeo@example.org/b"
+    assert c1.sent[0].get("to") == "juliet@example.org/a"
+
+
+def test_deliver_each_goes_through_the_filters_when_installed() -> None:
+    w = World()
+    (s1, c1), (s2, c2) = w.online("juliet@example.org/a"), w.online("romeo@example.org/b")
+    seen: list[str] = []
+
+    def f(session: Session, el: Element) -> Element | None:
+        seen.append(el.get("to", ""))
+        return None if session is s2 else el
+
+    w.events.add_filter(f, 0)
+    el = _groupchat()
+    w.sessions.deliver_each([(s1, "juliet@example.org/a"), (s2, "romeo@example.org/b")], el)
+    assert seen == ["juliet@example.org/a", "romeo@example.org/b"]
+    assert [e.get("to") for e in c1.sent] == ["juliet@example.org/a"] and c2.sent == []
+    assert el.get("to") is None  # the caller's element is not addressed

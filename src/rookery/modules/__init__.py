@@ -32,6 +32,14 @@ BUILTIN: dict[str, str] = {
     "smacks": "rookery.modules.stream_management:StreamManagement",
     "push": "rookery.modules.push:Push",
     "mam": "rookery.modules.mam:MAM",
+    "upload": "rookery.modules.upload:Upload",
+    "proxy65": "rookery.modules.proxy65:Proxy65",
+    "external_services": "rookery.modules.external_services:ExternalServices",
+    "websocket": "rookery.modules.websocket:WebSocket",
+    "bosh": "rookery.modules.bosh:BOSH",
+    "http_discovery": "rookery.modules.http_discovery:HTTPDiscovery",
+    "web_client": "rookery.modules.web_client:WebClient",
+    "muc": "rookery.modules.muc:MUC",
 }
 
 

@@ -17,7 +17,20 @@ from typing import Any, Protocol
 from xml.etree.ElementTree import Element
 
 from ..jid import JID
-from ..xml.serializer import serialize
+from ..xml.serializer import escape_attr, serialize
+
+#: the place of ``to`` in a template serialization (NUL never occurs in XML text or attributes)
+_SLOT = "\x00"
+
+
+def addressed(el: Element, to: str) -> Element:
+    """A copy of ``el`` sent ``to``: its own attributes, the children shared (never mutated).  Not
+    ``copy.copy``: ElementTree's C ``Element.__copy__`` shares the attribute dict with the original."""
+    out = Element(el.tag, el.attrib)
+    out.text = el.text
+    out.extend(el)
+    out.set("to", to)
+    return out
 
 
 class SessionRef(Protocol):
@@ -82,6 +95,11 @@ class SessionRegistry(Protocol):
 
     def deliver_many(self, refs: list[SessionRef], el: Element) -> None:
         """To several sessions, serialized once when no outbound filter is installed."""
+        ...
+
+    def deliver_each(self, targets: list[tuple[SessionRef, str]], el: Element) -> None:
+        """``el`` to each session, addressed ``to`` the paired JID (group chat fan-out, XEP-0045): the
+        element is serialized once with a slot for ``to`` when no outbound filter is installed."""
         ...
 
     def close(self, ref: SessionRef, condition: str | None = None, text: str | None = None) -> None: ...
@@ -151,6 +169,19 @@ class LocalSessionRegistry:
         data = serialize(el)
         for r in refs:
             r.send_data(data, el)  # type: ignore[attr-defined]
+
+    def deliver_each(self, targets: list[tuple[SessionRef, str]], el: Element) -> None:
+        if len(targets) == 1 or self._filters:
+            for r, to in targets:
+                r.send(addressed(el, to))  # type: ignore[attr-defined]
+            return
+        head, _, tail = serialize(addressed(el, _SLOT)).partition(_SLOT)
+        for r, to in targets:
+            s: Any = r
+            if s.attached:
+                s.send_data(head + escape_attr(to) + tail)
+            else:  # queued as an element (XEP-0198 resumption, re-routing at the session's end)
+                s.send(addressed(el, to))
 
     def close(self, ref: SessionRef, condition: str | None = None, text: str | None = None) -> None:
         s: Any = ref

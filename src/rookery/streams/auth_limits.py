@@ -86,6 +86,13 @@ class AuthFailureLimiter:
             return 0.0
         return float(min(self.max_delay, self.base_delay * 2 ** min(over, 32)))
 
+    def blocked(self, ip: str) -> bool:
+        """A wall, for machines rather than people (XEP-0114 component handshakes): ``max_per_ip``
+        failures from ``ip`` within the window."""
+        if self.max_per_ip <= 0 or not self._counts:
+            return False
+        return self._get(address_key(ip), self._clock()) >= self.max_per_ip
+
     def failed(self, ip: str, account: str | None = None) -> None:
         """A wrong password from ``ip`` for ``account``."""
         self.logins_failed += 1

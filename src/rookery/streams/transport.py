@@ -1,10 +1,11 @@
 """The two seams under every XML stream (docs/architecture.md): ``Transport`` carries bytes, ``Framer``
 says how a stream opens, closes and restarts on that carrier.
 
-* ``Transport``: TCP today (``transports.tcp.StreamProtocol``: STARTTLS and XEP-0368 direct TLS),
-  WebSocket (RFC 7395) and BOSH (XEP-0124/0206) next.  Streams never see a socket.
+* ``Transport``: TCP (``transports.tcp.StreamProtocol``: STARTTLS and XEP-0368 direct TLS),
+  WebSocket (RFC 7395, ``transports.websocket``) and BOSH (XEP-0124/0206, ``transports.bosh``).
+  Streams never see a socket.
 * ``Framer``: RFC 6120 §4.7 ``<stream:stream>`` framing is ``StreamFramer`` below; RFC 7395 §3.3
-  ``<open/>``/``<close/>`` and the BOSH ``<body/>`` are other framers.  A framer builds the parser
+  ``<open/>``/``<close/>`` and the BOSH ``<body/>`` are in ``streams.framing``.  A framer builds the parser
   for each (re)started stream and turns outbound elements into bytes.
 """
 
@@ -106,7 +107,8 @@ class Framer(Protocol):
     #: ``xml.serialize`` gives for RFC 6120 framing (stanzas inherit the header's namespace), a
     #: self-contained element (with ``xmlns``) for RFC 7395.  An attribute, not a method: the stream
     #: calls it directly on the hot path.  Elements serialized once for many streams (``send_data``)
-    #: must come from the same function.
+    #: come from ``xml.serialize``; a framer whose ``serialize`` differs also has an ``adapt(str) ->
+    #: str`` attribute that turns that text into its own (``streams.framing``).
     serialize: Callable[[Element], str]
 
 

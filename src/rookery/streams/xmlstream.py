@@ -45,15 +45,21 @@ class XMLStream:
     """RFC 6120 §4: one XML stream (restarted in place after STARTTLS and SASL)."""
 
     __slots__ = ("transport", "framer", "limits", "spawn", "stream_id", "local_domain", "lang", "header_sent",
-                 "closed", "lost", "_ended", "_queue", "parser", "_timeout", "_serialize", "out_counts")
+                 "closed", "lost", "_ended", "_queue", "parser", "_timeout", "_serialize", "out_counts",
+                 "_adapt")
 
     #: RFC 6120 §4.8.2 content namespace of this stream kind
     content_ns: ClassVar[str] = ns.CLIENT
+    #: more namespace prefixes declared on our stream header (``{"db": "jabber:server:dialback"}``)
+    header_ns: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, transport: Transport, framer: Framer, limits: StreamLimits, spawn: Spawn) -> None:
         self.transport = transport
         self.framer = framer
         self._serialize = framer.serialize
+        #: framers whose elements stand alone (RFC 7395, BOSH) turn ``xml.serialize`` output, which
+        #: ``send_data`` gets (serialized once for many streams), into theirs
+        self._adapt: Callable[[str], str] | None = getattr(framer, "adapt", None)
         self.limits = limits
         self.spawn = spawn
         self.stream_id = ""
@@ -140,7 +146,8 @@ class XMLStream:
             return
         self.header_sent = True
         self.transport.write(self.framer.open(self.content_ns, self.stream_id or new_stream_id(),
-                                              self.local_domain or self.default_domain(), peer_from))
+                                              self.local_domain or self.default_domain(), peer_from,
+                                              self.header_ns))
 
     def send_features(self) -> None:
         """Write the features; when a features provider is asynchronous, they are written once it is
@@ -228,7 +235,8 @@ class XMLStream:
     def send_data(self, data: str) -> None:
         """An element already serialized with the framer's ``serialize`` (once for many streams)."""
         if not self.closed:
-            self.transport.write(data.encode())
+            adapt = self._adapt
+            self.transport.write((data if adapt is None else adapt(data)).encode())
             c = self.out_counts
             if c is not None:
                 k = data[1:2]

@@ -16,6 +16,7 @@ This module imports nothing of Rookery's: it is a transport, like ``transports/t
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
@@ -44,8 +45,9 @@ class HTTPService:
     """The server's HTTP listeners and their routes."""
 
     def __init__(self, *, max_request_size: int = 1 << 20, cors_origins: Iterable[str] = ("*",),
-                 public_url: str | None = None) -> None:
+                 public_url: str | None = None, secure_loopback: bool = True) -> None:
         self.max_request_size = max_request_size
+        self.secure_loopback = secure_loopback
         self.cors_origins = frozenset(cors_origins)
         self.public_url = public_url.rstrip("/") if public_url else None
         self._exact: dict[str, _Route] = {}
@@ -115,6 +117,18 @@ class HTTPService:
                     shown = f"[{shown}]"
                 return f"{scheme}://{shown}:{port}"
         return "http://localhost:5280"
+
+    def is_secure(self, request: web.Request) -> bool:
+        """The request came over HTTPS, or from a loopback address when ``secure_loopback`` (the
+        traffic never left the host: a local client, or a TLS-terminating reverse proxy on it)."""
+        if request.secure:
+            return True
+        if not self.secure_loopback:
+            return False
+        try:
+            return ipaddress.ip_address((request.remote or "").split("%")[0]).is_loopback
+        except ValueError:
+            return False
 
     # -- dispatch ----------------------------------------------------------------------------
     def _cors_headers(self, request: web.Request) -> dict[str, str]:

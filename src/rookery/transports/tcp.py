@@ -76,7 +76,7 @@ class StreamProtocol(asyncio.Protocol):
                  "is_loopback", "cb_data", "_closing", "_upgrading", "_flusher", "_held", "_limit",
                  "_tokens", "_stamp", "_throttled", "_backlog", "_admission", "_key", "_authed",
                  "_stream_paused", "_write_paused", "_reading", "_send_limit", "_send_timer", "_grace_timer",
-                 "_writable", "_cb_lookup")
+                 "_writable", "_cb_lookup", "tls_server_name")
 
     def __init__(self, stream_factory: Callable[[StreamProtocol], Any], ssl_context: ssl.SSLContext | None,
                  direct_tls: bool, cb_data: bytes | None, flusher: Flusher,
@@ -113,6 +113,8 @@ class StreamProtocol(asyncio.Protocol):
         self._backlog = bytearray()
         self.peer_ip = ""
         self.is_loopback = False
+        #: set on connections we open (outgoing s2s): TLS as the client, for this server name
+        self.tls_server_name: str | None = None
 
     # asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -325,8 +327,9 @@ class StreamProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._upgrading = True
         try:
-            new = await loop.start_tls(self.transport, self, self.ssl_context, server_side=True,
-                                       ssl_handshake_timeout=30)
+            client = self.tls_server_name is not None
+            new = await loop.start_tls(self.transport, self, self.ssl_context, server_side=not client,
+                                       server_hostname=self.tls_server_name, ssl_handshake_timeout=30)
         finally:
             self._upgrading = False
         if new is None:
@@ -340,6 +343,18 @@ class StreamProtocol(asyncio.Protocol):
         held, self._held = self._held, []
         for data in held:
             self._deliver(data)
+
+
+    @property
+    def ssl_object(self) -> Any:
+        """The TLS connection (``ssl.SSLObject``: peer certificate, version), None before TLS."""
+        t = self.transport
+        return t.get_extra_info("ssl_object") if t is not None and self.is_secure else None
+
+    @property
+    def tls_version(self) -> str:
+        o = self.ssl_object
+        return (o.version() or "") if o is not None else ""
 
 
 def parse_listen(spec: str) -> tuple[str | None, int]:

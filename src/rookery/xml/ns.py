@@ -30,3 +30,6 @@ DELAY = "urn:xmpp:delay"
 OFFLINE = "msgoffline"
 DATA_FORMS = "jabber:x:data"
 SASL_CB = "urn:xmpp:sasl-cb:0"
+FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"  # RFC 7395 <open/>, <close/>
+HTTPBIND = "http://jabber.org/protocol/httpbind"  # XEP-0124 <body/>
+XBOSH = "urn:xmpp:xbosh"  # XEP-0206 xmpp:version, xmpp:restart

@@ -132,6 +132,11 @@ class StreamParser:
         self._size = 0  # bytes since the last stanza boundary; -1: a boundary in the current slice
         self._closed = False
 
+    @property
+    def depth(self) -> int:
+        """Open elements now: 1 between stanzas (inside the stream root), 0 before the root."""
+        return self._depth
+
     def set_content_namespace(self, namespace: str) -> None:
         self._prefix = "{%s}" % namespace
         self._plen = len(self._prefix)
