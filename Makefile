@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+SUM := $(shell cksum pyproject.toml | cut -d' ' -f1)
+# `make run` installs only what the server needs; `make test`/`lint` add the test tools
+RUNTIME := $(VENV)/.runtime-$(SUM)
+STAMP := $(VENV)/.installed-$(SUM)
 
 .PHONY: run test lint bench clean web
 
@@ -18,14 +21,19 @@ $(WEB_CLIENT): web/package.json web/package-lock.json
 
 web: $(WEB_CLIENT)
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	rm -f $(VENV)/.runtime-*
+	touch $@
+
+$(STAMP): $(RUNTIME)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-run: $(STAMP) $(WEB_CLIENT)
+run: $(RUNTIME) $(WEB_CLIENT)
 	$(VENV)/bin/rookery serve $(if $(CONFIG),--config $(CONFIG))
 
 STRICT := src/rookery/xml src/rookery/jid.py src/rookery/streams src/rookery/routing src/rookery/module.py

@@ -1,7 +1,8 @@
 """In-process hot-path timing: chat messages from one bound c2s stream to another through the whole
 server (parser, stream, router, registry, session, serializer), over in-memory transports.
 Works with the code before (c2s.C2SStream(server, transport)) and after (server.new_c2s_stream).
-Usage: taskset -c 1 .venv/bin/python bench/hotpath.py [N] [ROUNDS]   (docs/performance.md)"""
+Usage: taskset -c 1 .venv/bin/python bench/hotpath.py [N] [ROUNDS]   (docs/performance.md)
+HOTPATH_METRICS=1 turns the Prometheus metrics on ([metrics] listen)."""
 
 import asyncio
 import base64
@@ -57,6 +58,9 @@ async def main(n, rounds):
     d = tempfile.mkdtemp()
     # the modules of bench/rookery-bench.toml: the core message path (HOTPATH_ALL=1: every default module)
     mods = {} if os.environ.get("HOTPATH_ALL") else {"modules": ["roster", "presence", "disco", "ping"]}
+    # HOTPATH_METRICS=1: with the Prometheus metrics on (their own listener)
+    if os.environ.get("HOTPATH_METRICS"):
+        mods = {**mods, "metrics": {"listen": ["127.0.0.1:0"]}}
     cfg = Config.model_validate({"data_dir": d, **mods, "http": {"listen": [], "tls_listen": []}, "c2s": {"listen": [], "direct_tls_listen": [], "require_encryption": False,
                                                         "allow_plaintext_auth": True, "max_bytes_per_second": 0,
                                                         "keepalive_interval": 0}})

@@ -48,8 +48,13 @@ class C2SConfig(_Section):
     max_bytes_per_second: int = Field(65536, ge=0)
     burst_bytes: int = Field(524288, ge=0)
     auth_failure_delay: float = Field(1.0, ge=0)
-    max_auth_failures_per_ip: int = Field(20, ge=0)
+    #: wrong passwords per (address, account) before attempts are delayed exponentially (0: no limit)
+    max_auth_failures_per_account: int = Field(5, ge=0)
+    #: wrong passwords per address (IPv6: per /64), any account, before attempts are delayed (0: no limit)
+    max_auth_failures_per_ip: int = Field(100, ge=0)
     auth_failure_window: float = Field(300.0, gt=0)
+    #: the longest delay an attempt waits, in seconds
+    auth_max_delay: float = Field(60.0, gt=0)
     keepalive_interval: float = Field(300.0, ge=0)
     handshake_timeout: float = Field(60.0, gt=0)
     #: XEP-0198 §5: seconds a session whose connection was lost waits for <resume/> (0: no resumption)
@@ -155,6 +160,44 @@ class HTTPConfig(_Section):
         return v
 
 
+class MetricsConfig(_Section):
+    """``[metrics]``: the Prometheus endpoint (off by default)."""
+
+    #: serve metrics: on its own ``listen`` addresses when set, else on the ``[http]`` listeners
+    enabled: bool = False
+    #: plain-HTTP listeners of their own ("127.0.0.1:9222"); setting it enables metrics
+    listen: list[str] = []
+    #: the path of the endpoint
+    path: str = "/metrics"
+    #: client addresses (CIDR) allowed to scrape; others get 403
+    allow: list[str] = ["127.0.0.0/8", "::1/128"]
+
+    _v_listen = field_validator("listen")(_check_listen)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or v.endswith("/"):
+            raise ValueError(f"{v!r} is not a path like \"/metrics\"")
+        return v
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ValueError(f"{n!r} is not an address or network (CIDR)") from None
+        return v
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or bool(self.listen)
+
+
 #: Mozilla's "intermediate" TLS 1.2 cipher suites (ssl-config.mozilla.org, v5.7): forward secrecy, AEAD
 MOZILLA_INTERMEDIATE = (
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
@@ -163,7 +206,16 @@ MOZILLA_INTERMEDIATE = (
 )
 
 
+class TLSDomainConfig(_Section):
+    """``[tls.domains."example.org"]``: the certificate served to clients asking for that domain (SNI)."""
+
+    cert: str
+    key: str
+
+
 class TLSConfig(_Section):
+    #: per-domain certificates chosen by SNI (a subdomain without its own uses its parent's)
+    domains: dict[str, TLSDomainConfig] = {}
     cert: str | None = None
     key: str | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
@@ -195,6 +247,17 @@ class TLSConfig(_Section):
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key must be set together (or neither, for a self-signed certificate)")
         return self
+
+
+class LogConfig(_Section):
+    """``[log]``: where and how the server logs (stderr by default)."""
+
+    #: debug, info, warning or error (default: the top-level ``log_level``, itself "info")
+    level: Literal["debug", "info", "warning", "error"] | None = None
+    #: a file to append to (reopened on SIGUSR1 and ``rookery reload``, for logrotate); stderr when unset
+    file: str | None = None
+    #: "plain" (``time LEVEL logger: message``) or "json" (one JSON object per line)
+    format: Literal["plain", "json"] = "plain"
 
 
 class LimitsConfig(_Section):
@@ -298,11 +361,13 @@ class Config(_Section):
     module_options: dict[str, dict[str, Any]] = {}
     vhosts: dict[str, VHostConfig] = {}
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log: LogConfig = LogConfig()
     #: server administrators (bare JIDs): the one source of admin rights for every service
     admins: list[str] = []
     c2s: C2SConfig = C2SConfig()
     s2s: S2SConfig = S2SConfig()
     http: HTTPConfig = HTTPConfig()
+    metrics: MetricsConfig = MetricsConfig()
     components: ComponentsConfig = ComponentsConfig()
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -416,6 +481,11 @@ class Config(_Section):
 
         for name in self.module_options:
             check_options(f"modules.{name}", name, self.options_of(name))
+        if self.metrics.enabled and not self.metrics.listen and not (self.http.listen or self.http.tls_listen):
+            raise ValueError("metrics.enabled: needs [metrics] listen or an [http] listener to serve on")
+        for domain in self.tls.domains:
+            if not any(domain == d or domain.endswith("." + d) for d in self.domains):
+                raise ValueError(f"tls.domains.{domain}: not a served domain (or a subdomain of one)")
         for domain, vh in self.vhosts.items():
             if domain not in self.domains:
                 raise ValueError(f"vhosts.{domain}: not one of the served domains")
@@ -450,6 +520,11 @@ class Config(_Section):
         if not self.http.web_client:
             mods = [m for m in mods if m != "web_client"]
         return mods
+
+    @property
+    def effective_log_level(self) -> str:
+        """``[log] level``, else the top-level ``log_level``."""
+        return self.log.level or self.log_level
 
     def data_path(self, *parts: str) -> Path:
         return Path(self.data_dir).joinpath(*parts)

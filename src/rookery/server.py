@@ -16,7 +16,7 @@ from inspect import isawaitable
 from typing import Any
 from xml.etree.ElementTree import Element
 
-from . import server_secret, tls
+from . import admin, server_secret, tls
 from .components import Components
 from .config import Config
 from .control import SOCKET_NAME, ControlServer
@@ -44,7 +44,9 @@ from .transports.limits import ConnectionLimiter, address_key
 from .transports.tcp import Flusher, RateLimit, SendLimit, StreamProtocol, listen
 
 log = logging.getLogger(__name__)
+conn_log = logging.getLogger("rookery.c2s")
 
+CONN_LOG_PER_SECOND = 50  # connection opened/closed lines at most, then a summary
 FD_RESERVE = 64  # file descriptors kept for listeners, storage, logs, the control socket
 
 
@@ -92,7 +94,22 @@ class Server:
         self.route: Callable[[Stanza], Awaitable[Any] | None] = self.router.from_local
         self.elements: dict[str, Callable[..., Any]] = {}
         self.modules: ModuleManager | None = None
-        self.streams: set[C2SStream] = set()
+        #: open client streams -> when they started (time.monotonic())
+        self.streams: dict[C2SStream, float] = {}
+        #: ``rookery status`` sections added by other parts (s2s links, components, HTTP): name -> fn()
+        self.status_sections: dict[str, Callable[[], Any]] = {}
+        #: the file the configuration came from (``rookery reload`` reads it again); None: built-in defaults
+        self.config_path: str | None = None
+        #: the server owns the process's logging (``rookery serve``): reload re-applies ``[log]``
+        self.manage_logging = False
+        self.tracer = admin.Tracer(self)
+        self._conn_log_second, self._conn_log_count, self._conn_log_dropped = 0, 0, 0
+        #: (stanzas received by kind, elements sent by first letter), counted by the c2s streams when
+        #: metrics are on (None: not counted, nothing done per stanza)
+        self.stanza_counts: tuple[dict[str, int], dict[str, int]] | None = None
+        if config.metrics.active:
+            self.stanza_counts = (dict.fromkeys(("message", "presence", "iq"), 0), {})
+        self.metrics: Any = None  # metrics.Metrics when [metrics] is on
         self.storage: Any = None
         self.listeners: list[asyncio.AbstractServer] = []
         #: actually bound addresses per listener kind, e.g. {"c2s": [("127.0.0.1", 5222)]}
@@ -101,12 +118,16 @@ class Server:
         self._control: ControlServer | None = None
         self.stopped = asyncio.Event()
         self.auth_limiter = AuthFailureLimiter(config.c2s.max_auth_failures_per_ip, config.c2s.auth_failure_window)
+        self.auth_limiter.configure(config.c2s)
         self._framer = StreamFramer()
         c = config.c2s
         self._limits = StreamLimits(c.max_stanza_size, c.max_depth, c.handshake_timeout)
         self._c2s_negotiators: Negotiators | None = None
         self.secret = b""  # server_secret, read at start
         self.admission: ConnectionLimiter | None = None  # made at start
+        self._rate_limit: RateLimit | None = None
+        self._send_limit: SendLimit | None = None
+        self.tls: Any = None  # tls.TLSManager, made at start
         h = config.http
         #: the HTTP side (routes are added by modules and the HTTP carriers; listens at start)
         self.http = HTTPService(max_request_size=h.max_request_size, cors_origins=h.cors_origins,
@@ -129,11 +150,13 @@ class Server:
         await self.storage.open()
         self.secret = server_secret.load_or_create(data_dir)
         tls.limit_tls_read_buffers()
-        cert, key = tls.ensure_certificate(cfg.tls.cert, cfg.tls.key, data_dir, cfg.domains)
+        self.tls = tls.TLSManager(cfg, data_dir)
+        self.tls.load()
+        cert, key = self.tls.cert_files[""], self.tls.key_files[""]
         self.cert_path = cert
-        starttls_ctx = tls.server_context(cert, key, cfg.tls.min_version, ciphers=cfg.tls.ciphers)
-        direct_ctx = tls.server_context(cert, key, cfg.tls.min_version, alpn=["xmpp-client"], ciphers=cfg.tls.ciphers)
-        cb_data = tls.tls_server_end_point(cert)
+        starttls_ctx, direct_ctx = self.tls.starttls, self.tls.direct
+        cb_data = self.tls.cb_data(None)
+        cb_lookup = self.tls.cb_data
         self.modules = ModuleManager(cfg, router=self.router, sessions=self.sessions, routes=self.routes,
                                      events=self.events, tables=self.tables, elements=self.elements,
                                      storage=self.storage, tasks=self.tasks, started_at=self.started_at,
@@ -149,7 +172,8 @@ class Server:
         rate = cfg.c2s.max_bytes_per_second
         limit = RateLimit(rate, max(cfg.c2s.burst_bytes, cfg.c2s.max_stanza_size)) if rate > 0 else None
 
-        send_limit = SendLimit(cfg.limits.max_send_buffer, cfg.limits.send_timeout)
+        send_limit = self._send_limit = SendLimit(cfg.limits.max_send_buffer, cfg.limits.send_timeout)
+        self._rate_limit = limit
 
         def c2s_stream(t: StreamProtocol) -> C2SStream:
             t.set_rate_limit(limit)
@@ -158,7 +182,7 @@ class Server:
 
         def c2s_factory(ctx: Any, direct: bool) -> Any:
             def make() -> StreamProtocol:
-                return StreamProtocol(c2s_stream, ctx, direct, cb_data, flusher, self.admission)
+                return StreamProtocol(c2s_stream, ctx, direct, cb_data, flusher, self.admission, cb_lookup)
             return make
 
         for spec in cfg.c2s.listen:
@@ -167,8 +191,16 @@ class Server:
             await self._listen("c2s_direct_tls", spec, c2s_factory(direct_ctx, True), direct_ctx)
         if cfg.s2s.enabled:
             await self._start_s2s(cert, key, flusher, send_limit)
-        https_ctx = tls.server_context(cert, key, cfg.tls.min_version, alpn=["http/1.1"], ciphers=cfg.tls.ciphers)
+            pool = self.s2s
+            self.status_sections["s2s"] = lambda: pool.describe() if pool is not None else []
+        https_ctx = self.tls.https
         await self.http.start(cfg.http.listen, cfg.http.tls_listen, https_ctx)
+        if cfg.metrics.active:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(self)
+            self.metrics.install()
+            await self.metrics.start(cfg.metrics.listen, self.http)
         for scheme, addrs in self.http.addresses.items():
             self.addresses.setdefault(scheme, []).extend(addrs)
         self._control = ControlServer(self, data_dir / SOCKET_NAME)
@@ -309,6 +341,8 @@ class Server:
             self.sessions.close(ref)
         await self.tasks.wait(timeout)
         await asyncio.sleep(0.05)  # let the transports flush their closing bytes
+        if self.metrics is not None:
+            await self.metrics.stop()
         await self.http.stop()
         if self.modules is not None:
             await self.modules.stop_all()
@@ -367,12 +401,38 @@ class Server:
         return session
 
     def stream_started(self, stream: C2SStream) -> None:
-        self.streams.add(stream)
+        self.streams[stream] = time.monotonic()
+
+    def stream_opened(self, stream: C2SStream) -> None:
+        """The first stream header of a connection was accepted: the "connection opened" line (a
+        connection that never sends one, e.g. in a flood, logs nothing; lines are rate-limited)."""
+        if conn_log.isEnabledFor(logging.INFO) and self._conn_log_allowed():
+            conn_log.info("connection from %s opened: stream %s to %s", stream.transport.peer_ip, stream.stream_id,
+                          stream.local_domain)
+
+    def _conn_log_allowed(self) -> bool:
+        """At most ``CONN_LOG_PER_SECOND`` connection lines a second; then one line says how many were not
+        written (a flood must not flood the log)."""
+        now = int(time.monotonic())
+        if now != self._conn_log_second:
+            if self._conn_log_dropped:
+                conn_log.warning("%d connection log lines not written (more than %d a second)",
+                                 self._conn_log_dropped, CONN_LOG_PER_SECOND)
+            self._conn_log_second, self._conn_log_count, self._conn_log_dropped = now, 0, 0
+        self._conn_log_count += 1
+        if self._conn_log_count > CONN_LOG_PER_SECOND:
+            self._conn_log_dropped += 1
+            return False
+        return True
 
     def stream_ended(self, stream: C2SStream, session: Session | None) -> None:
         """A c2s stream is over.  Its session ends, unless a module keeps it detached
         (the ``session-stream-lost`` fold returns True: XEP-0198 resumption)."""
-        self.streams.discard(stream)
+        started = self.streams.pop(stream, None)
+        if stream.announced and conn_log.isEnabledFor(logging.INFO) and self._conn_log_allowed():
+            conn_log.info("connection from %s closed: stream %s, %s, %.1f s", stream.transport.peer_ip,
+                          stream.stream_id or "-", stream.jid or stream.username or "not authenticated",
+                          time.monotonic() - started if started is not None else 0.0)
         if session is None:
             return
         keep = self.events.fold("session-stream-lost", False, session)
@@ -402,28 +462,129 @@ class Server:
         """Unregister, tell modules (``session-ended``: presence broadcasts unavailable, RFC 6121
         §4.5.3), and re-route what was queued for it while detached (RFC 6121 §8.5.3.2.1: messages
         go to the account's other resources or offline storage; nothing acknowledged is lost)."""
+        r = self._end_session(session)
+        if r is not None:
+            self.tasks.spawn(r)
+
+    def _end_session(self, session: Session) -> Awaitable[Any] | None:
+        """``end_session``; returns what the ``session-ended`` handlers still do (to spawn or await)."""
         if session.ended:
-            return
+            return None
         session.detach()
         session.ended = True
         self.sessions.remove(session)  # a no-op when a new session took its full JID (§7.7.2.2)
         r = self.events.fire("session-ended", session)
-        if r is not None:
-            self.tasks.spawn(r)
         for el in session.take_queue():
-            r = self.router.send(el)
-            if r is not None:
-                self.tasks.spawn(r)
+            sent = self.router.send(el)
+            if sent is not None:
+                self.tasks.spawn(sent)
+        return r
 
     async def _account_exists(self, host: str, user: str) -> bool:
         return bool(await self.storage.accounts.exists(host, user))
 
+    # -- reload ------------------------------------------------------------------------------
+    #: settings a reload applies to the running server (the rest need a restart)
+    HOT = {
+        "log_level", "log",
+        "c2s.require_encryption", "c2s.allow_plaintext_auth", "c2s.max_stanza_size", "c2s.max_depth",
+        "c2s.max_bytes_per_second", "c2s.burst_bytes", "c2s.auth_failure_delay", "c2s.max_auth_failures_per_ip",
+        "c2s.auth_failure_window", "c2s.keepalive_interval", "c2s.handshake_timeout",
+        "c2s.max_auth_failures_per_account", "c2s.auth_max_delay",
+        "limits.max_connections", "limits.max_connections_per_ip", "limits.max_unauthenticated_per_ip",
+        "limits.max_send_buffer", "limits.send_timeout",
+        "tls",
+    }
+
+    async def reload(self) -> dict[str, Any]:
+        """``rookery reload`` / SIGHUP: read the configuration file again and apply what can change
+        without dropping connections (``HOT``: logging, limits, certificates); name what needs a
+        restart.  A bad file changes nothing."""
+        from .config import load_config
+
+        if self.config_path is None:
+            new = self.config.__class__()
+        else:
+            new = load_config(self.config_path)  # ConfigError: the caller reports it, nothing changed
+        old = self.config
+        changed: list[str] = []
+        for name in type(old).model_fields:
+            a, b = getattr(old, name), getattr(new, name)
+            if a == b:
+                continue
+            if name in ("c2s", "limits") :
+                for key in type(a).model_fields:
+                    if getattr(a, key) != getattr(b, key):
+                        changed.append(f"{name}.{key}")
+            else:
+                changed.append(name)
+        # every [limits] key is read where it is enforced (quotas by modules, connection limits below)
+        applied = [k for k in changed if k in self.HOT or k.startswith("limits.")]
+        restart = [k for k in changed if k not in applied]
+        if "tls" in applied:
+            mgr = tls.TLSManager(new, self.config.data_path())  # check the new files before touching anything
+            mgr.pairs()
+            self.tls.cfg = new
+            try:
+                self.tls.load()
+            except (OSError, ValueError):
+                self.tls.cfg = old
+                raise
+        elif self.tls is not None:
+            self.tls.load()  # renewed certificate files (same paths) are picked up by every reload
+        for k in applied:
+            section, _, key = k.partition(".")
+            if key:
+                setattr(getattr(old, section), key, getattr(getattr(new, section), key))
+            else:
+                setattr(old, section, getattr(new, section))
+        self._apply_limits()
+        if self.manage_logging and ("log" in applied or "log_level" in applied):
+            from . import logsetup
+
+            logsetup.configure(old)
+        log.info("configuration reloaded from %s: %s%s", self.config_path or "built-in defaults",
+                 f"applied {', '.join(applied)}" if applied else "no change applied",
+                 f"; needs a restart: {', '.join(restart)}" if restart else "")
+        return {"applied": applied, "restart": restart}
+
+    def _apply_limits(self) -> None:
+        """Push the (possibly reloaded) limit settings into the objects that enforce them."""
+        c, lim = self.config.c2s, self.config.limits
+        self._limits.max_stanza_size = c.max_stanza_size
+        self._limits.max_depth = c.max_depth
+        self._limits.handshake_timeout = c.handshake_timeout
+        self.auth_limiter.configure(c)
+        for n in (self._c2s_negotiators.order if self._c2s_negotiators is not None else []):
+            if hasattr(n, "failure_delay"):
+                n.failure_delay = c.auth_failure_delay
+        if self._rate_limit is not None and c.max_bytes_per_second > 0:
+            self._rate_limit.rate = c.max_bytes_per_second
+            self._rate_limit.burst = max(c.burst_bytes, c.max_stanza_size)
+        if self._send_limit is not None:
+            self._send_limit.max_buffer = lim.max_send_buffer
+            self._send_limit.timeout = lim.send_timeout
+        if self.admission is not None:
+            self.admission.max_total = self._max_connections()
+            self.admission.max_per_ip = lim.max_connections_per_ip
+            self.admission.max_unauthenticated_per_ip = lim.max_unauthenticated_per_ip
+
     # -- account events ----------------------------------------------------------------------
     async def user_deleted(self, host: str, user: str) -> None:
         """An account is gone: disconnect its sessions, let modules forget it."""
+        log.info("account %s@%s deleted", user, host)
         ref: SessionRef
+        ending = []
         for ref in list(self.sessions.resources(f"{user}@{host}").values()):
             self.sessions.close(ref, "not-authorized", "account deleted")
+            if isinstance(ref, Session):  # ended now, not kept for resumption (XEP-0198)
+                ending.append(self._end_session(ref))
+        for r in ending:
+            if r is not None:
+                await r
         r = self.events.fire("user-deleted", host, user)
         if r is not None:
             await r
+        if self.storage is not None and not await self.storage.accounts.exists(host, user):
+            # what the sessions' ends wrote (last activity, the last presence) goes too: every row
+            await self.storage.accounts.delete(host, user)

@@ -37,6 +37,14 @@ def ensure_certificate(cert: str | None, key: str | None, data_dir: Path, domain
     for d in domains:
         sans.append(x509.DNSName(d))
         sans.append(x509.DNSName("*." + d))
+    # clients that connect by address or by the machine's name can check it too
+    import ipaddress
+    import socket
+
+    host = socket.gethostname()
+    if host and host not in domains and "_" not in host:
+        sans.append(x509.DNSName(host))
+    sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
     c = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -101,3 +109,152 @@ def tls_server_end_point(cert_path: Path) -> bytes:
     if name in ("md5", "sha1"):
         name = "sha256"
     return hashlib.new(name, c.public_bytes(serialization.Encoding.DER)).digest()
+
+
+_ALPN: dict[str, list[str] | None] = {"starttls": None, "direct": ["xmpp-client"], "https": ["http/1.1"]}
+
+
+class TLSManager:
+    """The server's TLS contexts: a default certificate (``[tls] cert``/``key``, or the self-signed
+    one), and per domain one from ``[tls.domains."<domain>"]`` or imported by ``rookery cert import``
+    (``<data_dir>/tls/<domain>.crt``/``.key``), chosen by SNI; a subdomain without its own falls back to
+    its parent domain's, then to the default.
+
+    ``reload()`` loads every certificate again into the same context objects: new connections get the
+    renewed certificates, open ones keep theirs.  ``cb_data(ssl_object)`` is the RFC 5929
+    ``tls-server-end-point`` data of the certificate a connection was actually given."""
+
+    def __init__(self, cfg: object, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.cfg = cfg
+        #: the default contexts by kind: "starttls", "direct" (ALPN xmpp-client), "https" (ALPN http/1.1)
+        self.default: dict[str, ssl.SSLContext] = {k: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) for k in _ALPN}
+        self.starttls, self.direct, self.https = self.default["starttls"], self.default["direct"], self.default["https"]
+        #: domain -> contexts by kind
+        self.by_domain: dict[str, dict[str, ssl.SSLContext]] = {}
+        #: id(context) -> channel-binding data
+        self._cb: dict[int, bytes] = {}
+        #: domain (or "" for the default) -> certificate file, key file
+        self.cert_files: dict[str, Path] = {}
+        self.key_files: dict[str, Path] = {}
+
+    def pairs(self) -> dict[str, tuple[Path, Path]]:
+        """Domain ("" for the default) -> (cert, key) files, as configured now."""
+        from typing import Any
+
+        cfg: Any = self.cfg
+        out: dict[str, tuple[Path, Path]] = {}
+        out[""] = ensure_certificate(cfg.tls.cert, cfg.tls.key, self.data_dir, cfg.domains)
+        tls_dir = self.data_dir / "tls"
+        for d in cfg.domains:
+            c, k = tls_dir / f"{d}.crt", tls_dir / f"{d}.key"
+            if c.exists() and k.exists():
+                out[d] = (c, k)
+        for d, pair in cfg.tls.domains.items():
+            out[d] = (Path(pair.cert), Path(pair.key))
+        return out
+
+    def load(self) -> list[str]:
+        """(Re)load every certificate; returns the domains with their own certificate.  Raises
+        ``OSError``/``ssl.SSLError`` naming the file when one cannot be loaded (nothing is changed then)."""
+        from typing import Any
+
+        cfg: Any = self.cfg
+        pairs = self.pairs()
+        # load everything into fresh contexts first: a bad file must not leave half the server renewed
+        for d, (c, k) in pairs.items():
+            try:
+                server_context(c, k, cfg.tls.min_version, ciphers=cfg.tls.ciphers)
+            except (OSError, ValueError) as e:
+                where = f'tls.domains."{d}"' if d in cfg.tls.domains else "tls" if not d else f"imported {d}"
+                raise OSError(f"{where}: cannot load {c} / {k}: {getattr(e, 'strerror', None) or e}") from None
+        self._cb = {}
+        self.cert_files, self.key_files = {}, {}
+        for d, (c, k) in pairs.items():
+            if d:
+                ctxs = self.by_domain.setdefault(d, {kind: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) for kind in _ALPN})
+            else:
+                ctxs = self.default
+            cb = tls_server_end_point(c)
+            for kind, ctx in ctxs.items():
+                configure_context(ctx, c, k, cfg.tls.min_version, _ALPN[kind], cfg.tls.ciphers)
+                self._cb[id(ctx)] = cb
+            self.cert_files[d] = c
+            self.key_files[d] = k
+        for d in list(self.by_domain):
+            if d not in pairs:
+                del self.by_domain[d]
+        for ctx in self.default.values():
+            ctx.sni_callback = self._sni
+        return sorted(d for d in pairs if d)
+
+    def context_for(self, server_name: str | None, kind: str) -> ssl.SSLContext | None:
+        if not server_name:
+            return None
+        name = server_name.lower().rstrip(".")
+        while name:
+            ctxs = self.by_domain.get(name)
+            if ctxs is not None:
+                return ctxs[kind]
+            name = name.partition(".")[2]
+        return None
+
+    def _sni(self, sslobj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
+             ctx: ssl.SSLContext) -> None:
+        kind = next((k for k, c in self.default.items() if c is ctx), "starttls")
+        other = self.context_for(server_name, kind)
+        if other is not None:
+            sslobj.context = other
+        return None
+
+    def cb_data(self, ssl_object: ssl.SSLObject | None) -> bytes | None:
+        if ssl_object is None:
+            return self._cb.get(id(self.starttls))
+        return self._cb.get(id(ssl_object.context)) or self._cb.get(id(self.starttls))
+
+    @property
+    def default_cert(self) -> Path:
+        return self.cert_files[""]
+
+
+def configure_context(ctx: ssl.SSLContext, cert: Path, key: Path, min_version: str = "1.2",
+                      alpn: list[str] | None = None, ciphers: str | None = None) -> ssl.SSLContext:
+    """Set ``ctx`` up as ``server_context`` does (loading the certificate again into an existing
+    context replaces it for the handshakes that follow)."""
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    if ciphers:
+        ctx.set_ciphers(ciphers)
+    ctx.load_cert_chain(str(cert), str(key))
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def describe(path: Path) -> dict[str, object]:
+    """Names, validity and chain of the PEM certificate file ``path`` (for ``rookery cert check``)."""
+    pems = x509.load_pem_x509_certificates(path.read_bytes())
+    leaf = pems[0]
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+        names += [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]  # type: ignore[misc]
+    chain_ok = all(pems[i].issuer == pems[i + 1].subject for i in range(len(pems) - 1))
+    return {
+        "names": names,
+        "not_after": leaf.not_valid_after_utc,
+        "self_signed": leaf.issuer == leaf.subject,
+        "chain_length": len(pems),
+        "chain_ok": chain_ok,
+    }
+
+
+def covers(names: list[str], domain: str) -> bool:
+    """RFC 6125: a DNS name of the certificate, or a wildcard one level up, matches ``domain``."""
+    for n in names:
+        n = n.lower()
+        if n == domain or (n.startswith("*.") and domain.partition(".")[2] == n[2:]):
+            return True
+    return False

@@ -234,3 +234,29 @@ def test_contact_info_options_are_lists_of_uris(tmp_path):
     assert "modules.contact_info.admin" in config_error(tmp_path, '[modules.contact_info]\nadmin = ["a@example.org"]\n')
     assert "modules.contact_info.admin" in config_error(tmp_path, '[modules.contact_info]\nadmin = "mailto:a@b"\n')
     assert "modules.contact_info.postal" in config_error(tmp_path, '[modules.contact_info]\npostal = []\n')
+
+
+def test_log_section_and_the_top_level_log_level(tmp_path):
+    assert load_text(tmp_path, 'log_level = "debug"').effective_log_level == "debug"
+    cfg = load_text(tmp_path, 'log_level = "debug"\n[log]\nlevel = "warning"\nfile = "/tmp/x.log"\nformat = "json"')
+    assert (cfg.effective_log_level, cfg.log.file, cfg.log.format) == ("warning", "/tmp/x.log", "json")
+    assert "log.format" in config_error(tmp_path, '[log]\nformat = "xml"')
+    assert "log.bogus: unknown key" in config_error(tmp_path, "[log]\nbogus = 1")
+
+
+def test_tls_domains_and_auth_limit_keys(tmp_path):
+    cfg = load_text(tmp_path, 'domains = ["example.org"]\n[tls.domains."example.org"]\ncert = "/c"\nkey = "/k"\n'
+                              '[tls.domains."muc.example.org"]\ncert = "/c2"\nkey = "/k2"\n'
+                              "[c2s]\nmax_auth_failures_per_account = 3\nauth_max_delay = 10")
+    assert cfg.tls.domains["example.org"].cert == "/c" and cfg.tls.domains["muc.example.org"].key == "/k2"
+    assert cfg.c2s.max_auth_failures_per_account == 3 and cfg.c2s.auth_max_delay == 10
+    assert "not a served domain" in config_error(tmp_path, '[tls.domains."other.example"]\ncert = "/c"\nkey = "/k"')
+    assert "tls.domains.localhost.key" in config_error(tmp_path, '[tls.domains."localhost"]\ncert = "/c"')
+    assert "c2s.auth_max_delay" in config_error(tmp_path, "[c2s]\nauth_max_delay = 0")
+
+
+def test_metrics_section(tmp_path):
+    cfg = load_text(tmp_path, '[metrics]\nlisten = ["127.0.0.1:9222"]\nallow = ["10.0.0.0/8"]')
+    assert cfg.metrics.active and cfg.metrics.path == "/metrics" and not load_config(None).metrics.active
+    msg = config_error(tmp_path, "[metrics]\nenabled = true\n[http]\nlisten = []\ntls_listen = []")
+    assert "metrics.enabled: needs [metrics] listen or an [http] listener" in msg

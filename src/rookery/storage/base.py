@@ -39,6 +39,24 @@ class RosterItem:
     groups: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class AccountData:
+    """Everything stored for one account, for export and import (``rookery export``/``import``,
+    XEP-0227): credentials, roster and pending inbound requests, key-value documents (vCard, private
+    XML, last activity, modules' data) keyed by ``(store, key)``, offline messages oldest first, archives
+    (the XEP-0313 message archive, modules' archives)."""
+
+    host: str
+    user: str
+    creds: dict[str, ScramCredential] = field(default_factory=dict)
+    roster: list[RosterItem] = field(default_factory=list)
+    pending_in: dict[str, str] = field(default_factory=dict)
+    kv: dict[tuple[str, str], str] = field(default_factory=dict)
+    offline: list[str] = field(default_factory=list)
+    #: archive store name (e.g. "mam/messages") -> items, oldest first
+    archive: dict[str, list[ArchiveItem]] = field(default_factory=dict)
+
+
 class AccountStore(Protocol):
     async def create(self, host: str, user: str, creds: dict[str, ScramCredential]) -> bool:
         """Create the account; False when it already exists (atomic: concurrent creators, one wins)."""

@@ -64,7 +64,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from rookery.storage.base import ArchiveItem, RosterItem, ScramCredential
+from rookery.storage.base import AccountData, ArchiveItem, RosterItem, ScramCredential
 
 __all__ = ["SQLStorage", "make_storage"]
 
@@ -737,6 +737,94 @@ def _hash32(host: str, user: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+async def export_accounts(db: SQLStorage, host: str | None = None) -> builtins.list[AccountData]:
+    """Every account (of ``host``) with all its data, read in one snapshot (``rookery export``)."""
+
+    async def tx(conn: AsyncConnection) -> builtins.list[AccountData]:
+        where = (lambda t: t.c.host == host) if host is not None else (lambda t: sa.true())
+        out: dict[tuple[str, str], AccountData] = {}
+        q = sa.select(accounts.c.host, accounts.c.username).where(where(accounts))
+        for r in await conn.execute(q.order_by(accounts.c.host, accounts.c.username)):
+            out[(r.host, r.username)] = AccountData(r.host, r.username)
+        for r in await conn.execute(sa.select(credentials).where(where(credentials))):
+            if (a := out.get((r.host, r.username))) is not None:
+                a.creds[r.hash_name] = ScramCredential(bytes(r.salt), r.iterations, bytes(r.stored_key),
+                                                       bytes(r.server_key))
+        q = sa.select(roster_items).where(where(roster_items)).order_by(roster_items.c.contact)
+        for r in await conn.execute(q):
+            if (a := out.get((r.host, r.username))) is not None:
+                a.roster.append(RosterItem(r.contact, r.name, r.subscription, bool(r.ask), bool(r.approved),
+                                           json.loads(r.groups)))
+        for r in await conn.execute(sa.select(roster_pending_in).where(where(roster_pending_in))):
+            if (a := out.get((r.host, r.username))) is not None:
+                a.pending_in[r.contact] = r.stanza
+        q = sa.select(kv).where(where(kv)).order_by(kv.c.store, kv.c.key)
+        for r in await conn.execute(q):
+            if (a := out.get((r.host, r.username))) is not None:
+                a.kv[(r.store, r.key)] = r.value
+        for r in await conn.execute(sa.select(offline).where(where(offline)).order_by(offline.c.id)):
+            if (a := out.get((r.host, r.username))) is not None:
+                a.offline.append(r.stanza)
+        for r in await conn.execute(sa.select(archive).where(where(archive)).order_by(archive.c.seq)):
+            if (a := out.get((r.host, r.username))) is not None:
+                a.archive.setdefault(r.store, []).append(ArchiveItem(r.id, r.ts, r.peer, r.value, r.text))
+        return list(out.values())
+
+    return await db._read(tx, snapshot=True)
+
+
+async def offline_stats(db: SQLStorage) -> tuple[int, int, int]:
+    """(messages stored, accounts with a queue, the longest queue) for metrics."""
+
+    async def tx(conn: AsyncConnection) -> tuple[int, int, int]:
+        per_user = (sa.select(sa.func.count().label("n")).select_from(offline)
+                    .group_by(offline.c.host, offline.c.username).subquery())
+        row = (await conn.execute(sa.select(sa.func.coalesce(sa.func.sum(per_user.c.n), 0), sa.func.count(),
+                                            sa.func.coalesce(sa.func.max(per_user.c.n), 0)))).one()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    return await db._read(tx)
+
+
+async def import_accounts(db: SQLStorage, items: Sequence[AccountData]) -> None:
+    """Create these accounts with all their data in one transaction: if one of them exists already,
+    ``FileExistsError`` names it and nothing is written (``rookery import``)."""
+
+    async def tx(conn: AsyncConnection) -> None:
+        for a in items:
+            stmt = (db._insert(accounts).values(host=a.host, username=a.user, created_at=time.time())
+                    .on_conflict_do_nothing(index_elements=["host", "username"]).returning(accounts.c.host))
+            if (await conn.execute(stmt)).first() is None:
+                raise FileExistsError(f"{a.user}@{a.host}")
+            await _insert_credentials(conn, a.host, a.user, a.creds)
+            if a.roster:
+                await conn.execute(sa.insert(roster_versions).values(host=a.host, username=a.user, version=1))
+                await conn.execute(sa.insert(roster_items), [
+                    {"host": a.host, "username": a.user, "contact": i.jid, "name": i.name,
+                     "subscription": i.subscription, "ask": bool(i.ask), "approved": bool(i.approved),
+                     "groups": json.dumps(list(i.groups))} for i in a.roster])
+            if a.pending_in:
+                await conn.execute(sa.insert(roster_pending_in), [
+                    {"host": a.host, "username": a.user, "contact": c, "stanza": st}
+                    for c, st in a.pending_in.items()])
+            if a.kv:
+                await conn.execute(sa.insert(kv), [
+                    {"host": a.host, "username": a.user, "store": st, "key": k, "value": v}
+                    for (st, k), v in a.kv.items()])
+            now = time.time()
+            if a.offline:
+                await conn.execute(sa.insert(offline), [
+                    {"host": a.host, "username": a.user, "stanza": st, "created_at": now} for st in a.offline])
+            for store, entries in a.archive.items():
+                if entries:
+                    await conn.execute(sa.insert(archive), [
+                        {"store": store, "host": a.host, "username": a.user, "id": i.id, "ts": float(i.when),
+                         "peer": i.with_, "peer_bare": _bare(i.with_), "value": i.value, "text": i.text}
+                        for i in entries])
+
+    await db._write(tx)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The backend
 # ---------------------------------------------------------------------------------------------------
@@ -789,6 +877,8 @@ class SQLStorage:
         self._engine: AsyncEngine | None = None
         self._wengine: AsyncEngine | None = None
         self._snap_engine: AsyncEngine | None = None
+        #: ``observe(kind, seconds)`` after each transaction ("read"/"write"), for metrics; None: not timed
+        self.observe: Callable[[str, float], None] | None = None
         # SQLite has one writer at a time: queue this process's writers here rather than in SQLite's
         # busy handler, which polls with sleeps of up to 100 ms.
         self._write_lock: asyncio.Lock | None = None
@@ -897,7 +987,14 @@ class SQLStorage:
             async with engine.connect() as conn:
                 return await fn(conn)
 
-        return await self._retry(attempt)
+        observe = self.observe
+        if observe is None:
+            return await self._retry(attempt)
+        t0 = time.perf_counter()
+        try:
+            return await self._retry(attempt)
+        finally:
+            observe("read", time.perf_counter() - t0)
 
     async def _write(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         engine = self._wengine
@@ -908,10 +1005,16 @@ class SQLStorage:
             async with engine.begin() as conn:
                 return await fn(conn)
 
-        if self._write_lock is None:
-            return await self._retry(attempt)
-        async with self._write_lock:
-            return await self._retry(attempt)
+        observe = self.observe
+        t0 = time.perf_counter() if observe is not None else 0.0
+        try:
+            if self._write_lock is None:
+                return await self._retry(attempt)
+            async with self._write_lock:
+                return await self._retry(attempt)
+        finally:
+            if observe is not None:
+                observe("write", time.perf_counter() - t0)
 
     async def _retry(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt`` (a whole transaction), retrying transient lock conflicts."""

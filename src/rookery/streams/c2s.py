@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from time import monotonic as _monotonic
 from typing import Any, Protocol
 from xml.etree.ElementTree import Element
 
@@ -80,7 +81,7 @@ class C2SStream(XMLStream):
     """One client connection.  After binding it carries a ``Session``."""
 
     __slots__ = ("host", "settings", "authenticated", "username", "session", "auth_info", "sasl",
-                 "accept_pre_1_0", "ext", "_pre_1_0", "_negotiators")
+                 "accept_pre_1_0", "ext", "_pre_1_0", "_negotiators", "_in_counts", "announced")
 
     content_ns = ns.CLIENT
 
@@ -99,8 +100,15 @@ class C2SStream(XMLStream):
         #: per-module state of this stream before a session exists (e.g. a validated invite token)
         self.ext: dict[str, Any] = {}
         self._pre_1_0 = False
+        #: the host was told the stream opened (``stream_opened``: the operators' "connection opened" line)
+        self.announced = False
         self._negotiators = negotiators
         super().__init__(transport, framer, limits, host.spawn)
+        # stanzas received and elements sent, for metrics (only when the host counts them)
+        counts = getattr(host, "stanza_counts", None)
+        self._in_counts: dict[str, int] | None = None
+        if counts is not None:
+            self._in_counts, self.out_counts = counts
         host.stream_started(self)
 
     @property
@@ -132,6 +140,11 @@ class C2SStream(XMLStream):
             self._pre_1_0 = True
         elif not version.partition(".")[0].isdigit():
             return "unsupported-version", None
+        if not self.announced:  # the first stream header of the connection (not a restart)
+            self.announced = True
+            opened = getattr(self.host, "stream_opened", None)
+            if opened is not None:
+                opened(self)
         return None
 
     def features(self) -> Element | Awaitable[Element] | None:
@@ -167,6 +180,10 @@ class C2SStream(XMLStream):
         if session is not None:
             if tag in _STANZA_KINDS:
                 session.stanzas_in += 1
+                session.last_active = _monotonic()
+                ic = self._in_counts
+                if ic is not None:
+                    ic[tag] += 1
                 return self._route(session, el)
             h = self.host.element_handler(tag)
             if h is not None:

@@ -9,6 +9,7 @@ binds in one step (a negotiator of the c2s stream, offered as the ``<auth/>`` fe
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
 from typing import Any, ClassVar
 from xml.etree.ElementTree import Element, SubElement
@@ -81,11 +82,13 @@ class LegacyAuth:
             stream.send(iq_error(el, "jid-malformed"))
             return
         peer = stream.transport.peer_ip
-        if self.limiter.blocked(peer):
-            stream.send(iq_error(el, "resource-constraint", "too many failed logins from your address; try later"))
-            return
+        wait = self.limiter.delay(peer, user)
+        if wait > 0:
+            await asyncio.sleep(wait)
+            if stream.closed:
+                return
         if not await check_password(self.creds, stream.local_domain, user, password):
-            self.limiter.failed(peer)
+            self.limiter.failed(peer, user)
             await asyncio.sleep(self.failure_delay)
             stream.send(iq_error(el, "not-authorized"))
             return
@@ -94,4 +97,7 @@ class LegacyAuth:
         stream.username = user
         stream.authenticated = True
         stream.auth_info = {"mechanism": "jabber:iq:auth"}
+        self.limiter.succeeded(peer, user)
+        logging.getLogger("rookery.auth").info("login ok: %s@%s (jabber:iq:auth) from %s", user,
+                                               stream.local_domain, peer)
         stream.bind(resource, lambda _jid: iq_reply(el))

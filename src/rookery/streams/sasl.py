@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 from scramp import ScramException, ScramMechanism
+from scramp.utils import ServerError
 
 from ..jid import InvalidJID, nodeprep
 from ..storage.base import ScramCredential
@@ -49,10 +50,12 @@ def check_password(password: str, cred: ScramCredential, hash_name: str) -> bool
 class SASLFailure(Exception):
     """RFC 6120 §6.5 failure condition."""
 
-    def __init__(self, condition: str, text: str | None = None) -> None:
+    def __init__(self, condition: str, text: str | None = None, wrong_password: bool = False) -> None:
         super().__init__(condition)
         self.condition = condition
         self.text = text
+        #: the credentials were wrong (as opposed to a negotiation problem: channel binding, encoding)
+        self.wrong_password = wrong_password
 
 
 def _decode(b64: str) -> bytes:
@@ -116,8 +119,8 @@ class ScramExchange:
             self.server = self.mech.make_server(auth_fn, channel_binding=self.cb)
             self.server.set_client_first(client_first)
             return base64.b64encode(self.server.get_server_first().encode()).decode()
-        except ScramException:
-            raise SASLFailure("not-authorized") from None
+        except ScramException as e:
+            raise SASLFailure("not-authorized", str(e)) from None
 
     def final(self, client_final_b64: str) -> str:
         client_final = _decode(client_final_b64).decode("utf-8", "replace")
@@ -125,8 +128,9 @@ class ScramExchange:
         try:
             self.server.set_client_final(client_final)
             return base64.b64encode(self.server.get_server_final().encode()).decode()
-        except ScramException:
-            raise SASLFailure("not-authorized") from None
+        except ScramException as e:
+            wrong = e.server_error is ServerError.INVALID_PROOF
+            raise SASLFailure("not-authorized", None if wrong else str(e), wrong_password=wrong) from None
 
 
 def parse_plain(b64: str) -> tuple[str, str, str]:

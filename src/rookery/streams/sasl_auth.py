@@ -1,17 +1,23 @@
 """RFC 6120 §6: SASL negotiation on a c2s stream — SCRAM-SHA-1/-256/-512 and -PLUS
 (``streams.sasl`` does the exchange), PLAIN inside TLS only (§13.8), XEP-0440 channel-binding types.
 
-Failures of credentials are answered after a delay and counted per connection (``MAX_AUTH_FAILURES``
-closes it with ``<policy-violation/>``) and per IP address (``AuthFailureLimiter``); so is a SCRAM
-exchange abandoned after the server's challenge (the stream ends or a new ``<auth/>`` starts over), which
-is all an account-enumeration probe needs.  Unknown users go through the same exchange with
-throw-away keys whose salt is derived from the server secret (``sasl.fake_credential``).
+Wrong passwords are answered after a delay and counted per connection (``MAX_AUTH_FAILURES``
+closes it with ``<policy-violation/>``) and per (address, account) and per address
+(``AuthFailureLimiter``: over its thresholds, attempts wait an exponentially growing delay before they are
+checked).  Negotiation failures (an unsupported channel-binding type, a malformed message) and exchanges
+abandoned before the proof are answered at once and not counted: they test no password.  Unknown users go
+through the same exchange with throw-away keys whose salt is derived from the server secret
+(``sasl.fake_credential``), so a probe learns nothing about which accounts exist.
+
+Logged at info on ``rookery.auth``: each successful login and each wrong password (JID, mechanism,
+address; never the password).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import Awaitable
 from typing import Any, ClassVar, Protocol
 from xml.etree.ElementTree import Element, SubElement
@@ -24,6 +30,7 @@ from .auth_limits import AuthFailureLimiter
 
 _SASL = "{%s}" % ns.SASL
 MAX_AUTH_FAILURES = 5
+log = logging.getLogger("rookery.auth")
 
 
 class CredentialSource(Protocol):
@@ -43,24 +50,27 @@ def mechanisms(stream: Any) -> list[str]:
 
 
 async def check_password(creds: CredentialSource, host: str, user: str, password: str) -> bool:
-    """Verify a plaintext password against the stored SCRAM-SHA-256 keys (off the event loop)."""
+    """Verify a plaintext password against the stored SCRAM keys (off the event loop)."""
     if not user:
         return False
     stored = await creds.get_credentials(host, user)
-    if not stored or "SHA-256" not in stored:
+    if not stored:
         return False
-    return await asyncio.to_thread(sasl.check_password, password, stored["SHA-256"], "SHA-256")
+    # SHA-256 keys, else whatever an import brought (Prosody exports only SCRAM-SHA-1 keys)
+    name = "SHA-256" if "SHA-256" in stored else next(iter(sorted(stored)))
+    return await asyncio.to_thread(sasl.check_password, password, stored[name], name)
 
 
 class SASLState:
     """One stream's SASL negotiation (``stream.sasl``; dropped once authenticated)."""
 
-    __slots__ = ("exchange", "failures", "mechanism")
+    __slots__ = ("exchange", "failures", "mechanism", "user")
 
     def __init__(self) -> None:
         self.exchange: sasl.ScramExchange | None = None
         self.failures = 0
         self.mechanism = ""
+        self.user = ""  # the account the exchange in progress is for (existing or not)
 
 
 def _state(stream: Any) -> SASLState:
@@ -105,9 +115,6 @@ class SASLAuth:
             return self._failure(stream, "encryption-required", "use STARTTLS first")
         text = (el.text or "").strip()
         if local == "auth":
-            if self.limiter.blocked(stream.transport.peer_ip):
-                return self._failure(stream, "temporary-auth-failure",
-                                     "too many failed logins from your address; try later")
             mech = el.get("mechanism", "")
             if mech not in mechanisms(stream):
                 return self._failure(stream, "invalid-mechanism")
@@ -128,11 +135,10 @@ class SASLAuth:
                 return self._failure(stream, "malformed-request", "no exchange in progress")
             if ex.server is None:
                 return self._scram_first(stream, text)
-            try:
-                final = ex.final(text)
-            except sasl.SASLFailure as f:
-                return self._failure(stream, f.condition, delay=f.condition == "not-authorized")
-            return self._success(stream, ex.username, final)
+            wait = self.limiter.delay(stream.transport.peer_ip, _state(stream).user)
+            if wait > 0:
+                return self._scram_final_later(stream, ex, text, wait)
+            return self._scram_final(stream, ex, text)
         return self._failure(stream, "aborted")  # §6.4.4
 
     # -- outcomes ----------------------------------------------------------------------------
@@ -142,10 +148,7 @@ class SASLAuth:
             self._abandon(stream, stream.sasl)
 
     def _abandon(self, stream: Any, state: SASLState) -> None:
-        ex = state.exchange
-        if ex is not None and ex.server is not None:  # the challenge went out, no proof came
-            self.limiter.failed(stream.transport.peer_ip)
-        state.exchange = None
+        state.exchange = None  # no proof came: no password was tested, nothing to count
 
     def _failure(self, stream: Any, condition: str, text: str | None = None,
                  delay: bool = False) -> Awaitable[None] | None:
@@ -162,7 +165,11 @@ class SASLAuth:
             stream.send(f)
             return None
         state.failures += 1
-        self.limiter.failed(stream.transport.peer_ip)
+        ip = stream.transport.peer_ip
+        self.limiter.failed(ip, state.user)
+        if log.isEnabledFor(logging.INFO):
+            log.info("login failed: %s@%s (%s) from %s: wrong password", state.user or "?", stream.local_domain,
+                     state.mechanism, ip)
         return self._delayed_failure(stream, f, state.failures)
 
     async def _delayed_failure(self, stream: Any, f: Element, failures: int) -> None:
@@ -178,6 +185,10 @@ class SASLAuth:
         if not user:
             return self._failure(stream, "not-authorized", delay=True)
         mechanism = _state(stream).mechanism
+        ip = stream.transport.peer_ip
+        self.limiter.succeeded(ip, user)
+        if log.isEnabledFor(logging.INFO):
+            log.info("login ok: %s@%s (%s) from %s", user, stream.local_domain, mechanism, ip)
         stream.sasl = None
         stream.authenticated = True
         stream.username = user
@@ -195,6 +206,19 @@ class SASLAuth:
             await r
 
     # -- SCRAM (RFC 5802) --------------------------------------------------------------------
+    def _scram_final(self, stream: Any, ex: sasl.ScramExchange, text: str) -> Awaitable[None] | None:
+        try:
+            final = ex.final(text)
+        except sasl.SASLFailure as f:
+            # a wrong proof counts; a channel-binding mismatch is a negotiation failure, answered at once
+            return self._failure(stream, f.condition, f.text, delay=f.wrong_password)
+        return self._success(stream, ex.username, final)
+
+    async def _scram_final_later(self, stream: Any, ex: sasl.ScramExchange, text: str, wait: float) -> None:
+        await asyncio.sleep(wait)
+        if not stream.closed and _state(stream).exchange is ex:
+            await self._await(self._scram_final(stream, ex, text))
+
     async def _scram_first(self, stream: Any, text: str) -> None:
         ex = _state(stream).exchange
         assert ex is not None
@@ -208,13 +232,14 @@ class SASLAuth:
             return await self._await(self._failure(stream, f.condition))
         if authzid.startswith("a=") and not _authzid_ok(stream, user, authzid[2:]):
             return await self._await(self._failure(stream, "invalid-authzid"))
+        _state(stream).user = user
         creds = await self.creds.get_credentials(stream.local_domain, user) if user else None
         cred = (creds or {}).get(ex.hash_name) or sasl.fake_credential(ex.hash_name, user, self.secret)
         ex.username = user if creds else ""
         try:
             challenge = ex.first(text, cred)
-        except sasl.SASLFailure as f:
-            return await self._await(self._failure(stream, f.condition, delay=True))
+        except sasl.SASLFailure as f:  # e.g. a channel-binding type this server does not offer
+            return await self._await(self._failure(stream, f.condition, f.text))
         if not stream.closed:
             c = Element(_SASL + "challenge")
             c.text = challenge
@@ -231,6 +256,12 @@ class SASLAuth:
             user = ""
         if authzid and not _authzid_ok(stream, user, authzid):
             return await self._await(self._failure(stream, "invalid-authzid"))
+        _state(stream).user = user
+        wait = self.limiter.delay(stream.transport.peer_ip, user)
+        if wait > 0:
+            await asyncio.sleep(wait)
+            if stream.closed:
+                return
         if not await check_password(self.creds, stream.local_domain, user, password):
             return await self._await(self._failure(stream, "not-authorized", delay=True))
         await self._await(self._success(stream, user, None))

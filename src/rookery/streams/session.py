@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from time import monotonic as _monotonic
 from typing import Any, Protocol
 from xml.etree.ElementTree import Element, fromstring
 
@@ -47,7 +48,7 @@ class Session:
     ``ext``: per-module extension slots (a module keeps its per-session state under its name)."""
 
     __slots__ = ("jid", "priority", "available", "presence", "interested", "where", "ext", "auth",
-                 "stanzas_in", "_stream", "_queue", "_filters", "ended", "__weakref__")
+                 "stanzas_in", "last_active", "_stream", "_queue", "_filters", "ended", "__weakref__")
 
     def __init__(self, jid: JID, filters: list[OutboundFilter], auth: dict[str, Any] | None = None) -> None:
         self.jid = jid
@@ -61,6 +62,8 @@ class Session:
         self.auth: dict[str, Any] = auth or {}
         #: stanzas received from the client on any stream carrying this session (XEP-0198 §4 counts)
         self.stanzas_in = 0
+        #: time.monotonic() of the last stanza from the client (``rookery sessions``: idle time)
+        self.last_active = _monotonic()
         self._stream: Carrier | None = None
         self._queue: deque[Element] | None = None  # made when first needed (detached)
         self._filters = filters  # shared with the event bus: hooks added later apply at once

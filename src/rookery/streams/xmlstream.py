@@ -45,7 +45,8 @@ class XMLStream:
     """RFC 6120 §4: one XML stream (restarted in place after STARTTLS and SASL)."""
 
     __slots__ = ("transport", "framer", "limits", "spawn", "stream_id", "local_domain", "lang", "header_sent",
-                 "closed", "lost", "_ended", "_queue", "parser", "_timeout", "_serialize", "_adapt")
+                 "closed", "lost", "_ended", "_queue", "parser", "_timeout", "_serialize", "out_counts",
+                 "_adapt")
 
     #: RFC 6120 §4.8.2 content namespace of this stream kind
     content_ns: ClassVar[str] = ns.CLIENT
@@ -70,6 +71,9 @@ class XMLStream:
         #: XEP-0198 resumption is for; False after a closing handshake or a stream error
         self.lost = False
         self._ended = False
+        #: elements written, by the first character of their name ("m"essage, "p"resence, "i"q, ...),
+        #: for metrics; None: not counted
+        self.out_counts: dict[str, int] | None = None
         #: elements (and awaitables such as pending features) waiting for their turn
         self._queue: deque[Element | Awaitable[Any]] | None = None
         self.parser: FeedParser = self._new_parser()
@@ -223,12 +227,20 @@ class XMLStream:
     def send(self, el: Element) -> None:
         if not self.closed:
             self.transport.write(self._serialize(el).encode())
+            c = self.out_counts
+            if c is not None:
+                k = el.tag[0]
+                c[k] = c.get(k, 0) + 1
 
     def send_data(self, data: str) -> None:
         """An element already serialized with the framer's ``serialize`` (once for many streams)."""
         if not self.closed:
             adapt = self._adapt
             self.transport.write((data if adapt is None else adapt(data)).encode())
+            c = self.out_counts
+            if c is not None:
+                k = data[1:2]
+                c[k] = c.get(k, 0) + 1
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """Close with a stream error (``condition``) or the closing handshake (RFC 6120 §4.4)."""

@@ -76,12 +76,15 @@ class StreamProtocol(asyncio.Protocol):
                  "is_loopback", "cb_data", "_closing", "_upgrading", "_flusher", "_held", "_limit",
                  "_tokens", "_stamp", "_throttled", "_backlog", "_admission", "_key", "_authed",
                  "_stream_paused", "_write_paused", "_reading", "_send_limit", "_send_timer", "_grace_timer",
-                 "_writable", "tls_server_name")
+                 "_writable", "_cb_lookup", "tls_server_name")
 
     def __init__(self, stream_factory: Callable[[StreamProtocol], Any], ssl_context: ssl.SSLContext | None,
                  direct_tls: bool, cb_data: bytes | None, flusher: Flusher,
-                 admission: ConnectionLimiter | None = None) -> None:
+                 admission: ConnectionLimiter | None = None,
+                 cb_lookup: Callable[[Any], bytes | None] | None = None) -> None:
         self._factory = stream_factory
+        #: the channel-binding data of the certificate a TLS connection was given (SNI: per domain)
+        self._cb_lookup = cb_lookup
         self._admission = admission
         self._key: str | None = None  # the address key, once admitted
         self._authed = False
@@ -116,6 +119,8 @@ class StreamProtocol(asyncio.Protocol):
     # asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.is_secure and self._cb_lookup is not None:
+            self.cb_data = self._cb_lookup(transport.get_extra_info("ssl_object"))
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = peer[0]
@@ -331,6 +336,8 @@ class StreamProtocol(asyncio.Protocol):
             raise ConnectionError("TLS upgrade failed")
         self.transport = new  # type: ignore[assignment]
         self.is_secure = True
+        if self._cb_lookup is not None:
+            self.cb_data = self._cb_lookup(new.get_extra_info("ssl_object"))
         if self._send_limit is not None:
             new.set_write_buffer_limits(high=self._send_limit.max_buffer)
         held, self._held = self._held, []
