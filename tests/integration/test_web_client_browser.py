@@ -51,9 +51,17 @@ async def login(browser, url: str, jid: str, password: str):  # noqa: ANN001, AN
 
 async def open_chat(page, jid: str):  # noqa: ANN001, ANN201
     """The chat with ``jid`` (the page routes ``#converse/chat?jid=``); returns its text box."""
-    await page.evaluate("jid => { location.hash = '#converse/chat?jid=' + jid; }", jid)
     box = page.locator(f"converse-chat[jid='{jid}'] textarea.chat-textarea")
-    await box.wait_for(timeout=TIMEOUT)
+    # a hash set before the page's router listens is lost: set it again until the chat shows (bounded)
+    for attempt in range(10):
+        await page.evaluate("jid => { location.hash = '#converse/chat?jid=' + jid; }", jid)
+        try:
+            await box.wait_for(timeout=TIMEOUT // 10)
+            return box
+        except Exception:
+            if attempt == 9:
+                raise
+            await page.evaluate("() => { location.hash = ''; }")
     return box
 
 
