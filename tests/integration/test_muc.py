@@ -352,6 +352,19 @@ async def test_self_ping_and_occupant_ids(rookery_server):
     assert r.findtext("{vcard-temp}vCard/{vcard-temp}FN") == "Bob B."
     r = await iq(a, f"{room}/Nobody", "get", "<vCard xmlns='vcard-temp'/>")
     assert error_condition(r) == "item-not-found"
+    # any other iq to an occupant (§7.8): relayed to its session from the asker's occupant JID, and back
+    await quiet(a, b)
+    a.send(f"<iq type='get' id='ver1' to='{room}/Bob'><query xmlns='jabber:iq:version'/></iq>")
+    fwd = await b.recv_until(lambda e: e.tag == C + "iq" and e.get("type") == "get")
+    assert fwd.get("from") == f"{room}/Alice" and fwd.get("id") != "ver1"
+    assert fwd.find("{jabber:iq:version}query") is not None
+    b.send(f"<iq type='result' id='{fwd.get('id')}' to='{room}/Alice'><query xmlns='jabber:iq:version'>"
+           f"<name>raw</name></query></iq>")
+    r = await a.recv_until(lambda e: e.get("id") == "ver1")
+    assert r.get("type") == "result" and r.get("from") == f"{room}/Bob"
+    assert r.findtext("{jabber:iq:version}query/{jabber:iq:version}name") == "raw"
+    r = await iq(a, f"{room}/Nobody", "get", "<query xmlns='jabber:iq:version'/>")
+    assert error_condition(r) == "item-not-found"
     # occupant id stable for one user across sessions, different between users
     await quiet(a, b)
     await groupchat(b, room, "id1")

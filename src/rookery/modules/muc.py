@@ -846,6 +846,31 @@ class MUC(Module):
         self._route(fwd)
         return None
 
+    @hook("iq/full", on="service")
+    def occupant_iq(self, st: Stanza) -> bool:
+        """XEP-0045 §7.8 (iq to an occupant): an iq get/set to ``room@service/nick`` that no handler
+        above takes (disco, version, time, ...) goes to one session of that occupant, from the
+        sender's occupant JID, and its answer comes back the same way (ids rewritten, real JIDs
+        hidden).  Only occupants may ask (``not-acceptable``)."""
+        room = self._room(st)
+        frm, to = st.from_, st.to
+        assert frm is not None and to is not None and to.resource is not None
+        sender = room.occupant_of(frm.full)
+        if sender is None:
+            raise StanzaError("not-acceptable", "join the room first")
+        target = room.occupants.get(enforce_nick(to.resource)[1])
+        if target is None or not target.sessions:
+            raise StanzaError("item-not-found", "no such occupant")
+        if len(self._relayed) >= MAX_RELAYED:  # answers that never came
+            self._relayed.pop(next(iter(self._relayed)))
+        rid = secrets.token_hex(8)
+        self._relayed[rid] = (frm.full, st.id or "", f"{room.jid}/{target.nick}")
+        fwd = Element("iq", {"type": st.type or "get", "id": rid, "from": f"{room.jid}/{sender.nick}",
+                             "to": target.jid})  # its most recent session
+        fwd.append(st.el[0])
+        self._route(fwd)
+        return True
+
     @hook("iq-result/full", on="service")
     def relayed_result(self, st: Stanza) -> bool:
         return self._relay_back(st)

@@ -158,6 +158,10 @@ class Router:
             return self._default_after(handled, route, st, target)
         return self._default(route, st, target)
 
+    async def _iq_after(self, handled: Awaitable[bool], st: Stanza) -> None:
+        if not await handled:
+            self.reply(st, st.error("service-unavailable"))
+
     async def _default_after(self, handled: Awaitable[bool], route: Route, st: Stanza, target: str) -> None:
         if not await handled:
             r = self._default(route, st, target)
@@ -256,6 +260,14 @@ class Router:
                 if s is not None:
                     self.sessions.deliver(s, st.el)
                     return None
+            if not local:
+                # a service's iq no handler took by its payload: its ``iq/<target>`` chain may
+                # (a MUC room relays iqs to occupants, XEP-0045 §7.8)
+                handled = self.run_chain(table, "iq/" + target, st)
+                if handled is True:
+                    return None
+                if handled is not False:
+                    return self._iq_after(handled, st)
             self.reply(st, st.error("service-unavailable"))
             return None
         if itype in ("result", "error"):
