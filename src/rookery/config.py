@@ -17,7 +17,7 @@ DEFAULT_MODULES = [
     "roster", "presence", "disco", "caps", "ping", "version", "time", "last", "vcard", "private",
     "offline", "session", "register", "contact_info", "carbons", "csi", "blocking", "smacks", "push",
     "mam", "upload", "proxy65", "external_services", "websocket", "bosh", "http_discovery", "web_client", "muc",
-    "pubsub", "pep",
+    "pubsub", "pep", "avatar_conversion",
 ]
 
 
