@@ -144,10 +144,10 @@ if [ -z "$ONLY" ] || [ "$ONLY" = rookery ]; then
             sed "s/127.0.0.1:25222/127.0.0.1:$ROOKERY_PORT/" "$RCONF" >"$OUT/rookery-$ROOKERY_PORT.toml"
             RCONF=$OUT/rookery-$ROOKERY_PORT.toml
         fi
+        for r in $(seq 1 "$REPEAT"); do  # variants alternate: shared machines drift
         for variant in "${variants[@]}"; do
         label=rookery; mobile=()
         if [ "$variant" = mobile ]; then label=rookery-mobile; mobile=(--sm --carbons); fi
-        for r in $(seq 1 "$REPEAT"); do
             PYTHONPATH=src taskset -c "$SERVER_CPU" "$RPY" -m rookery --config "$RCONF" serve \
                 >>bench/.rookery-data/serve.log 2>&1 &
             ROOKERY_PID=$!   # taskset execs python: this is the server's own PID

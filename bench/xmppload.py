@@ -319,6 +319,7 @@ class Conn(asyncio.Protocol):
             self.h = (self.h + len(STANZA_RE.findall(data))) & 0xFFFFFFFF
             if SM_R.search(data) is not None and self.transport is not None and not self.closed:
                 self.transport.write(f"<a xmlns='{NS_SM}' h='{self.h}'/>".encode())
+                bench.sm_acks += 1
         peer = self.peer
         if peer is None:
             return
@@ -475,6 +476,7 @@ class Bench:
         self.dump = args.dump
         self.sent = 0
         self.received = 0
+        self.sm_acks = 0  # XEP-0198 <a/> answers to the server's <r/>
         self.lost = 0  # sent but never received (within the drain timeout)
         self.latencies: list[int] = []
         self.pairs: list[Conn] = []
@@ -872,6 +874,8 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         "max_ms",
     ):
         r.setdefault(k, None)
+    if args.sm:
+        r["sm_acks_sent"] = bench.sm_acks
     r["errors"] = sum(bench.errors.values())
     r["error_kinds"] = dict(bench.errors)
     if (r["logins_ok"] or 0) < 0.5 * args.connections:

@@ -146,8 +146,11 @@ class SMState:
         q = self.unacked
         if n > len(q):
             return False
-        for _ in range(n):
-            q.popleft()
+        if n == len(q):
+            q.clear()  # everything sent was acknowledged: the usual case
+        else:
+            for _ in range(n):
+                q.popleft()
         if self.keep:
             self.keep = {p for p in self.keep if ((self.out - p) & MASK) < ((self.out - h) & MASK)}
         self.acked = h
