@@ -131,6 +131,10 @@ async def test_vcard_photo_publishes_pep_avatar_and_hash_in_directed_presence(ro
         ca.send(f"<presence to='{cb.jid}'/>")
         p = await cb.recv_until(lambda e: e.tag == "{jabber:client}presence" and e.get("from") == ca.jid)
         assert p.findtext(f"{{{UPDATE}}}x/{{{UPDATE}}}photo") == IMAGE_HASH
+        # a vCard without a photo (a client editing the name only) leaves the PEP avatar alone
+        ok(await iq(ca, "set", None, f"<vCard xmlns='{VCARD}'><FN>B</FN></vCard>"))
+        ok(await iq(ca, "get", None, "<ping xmlns='urn:xmpp:ping'/>"))
+        assert await meta_ids() == [IMAGE_HASH]
     finally:
         await ca.close()
         await cb.close()

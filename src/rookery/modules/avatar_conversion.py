@@ -10,7 +10,8 @@
 * §3.2 From vCard to PEP: a vCard-temp set (XEP-0054 §3.2) with a valid ``PHOTO`` publishes the image
   to ``urn:xmpp:avatar:data`` (item id its SHA-1), then one ``<info/>`` (bytes, id, type) to
   ``urn:xmpp:avatar:metadata``, both with access model ``open``; subscribers are notified.  A vCard
-  without a photo publishes an empty ``<metadata/>`` when the account had a PEP avatar.
+  without a valid photo changes nothing in PEP (a client that edits only the name must not remove
+  the avatar; §3.2 converts "a vCard publication request with a valid photo").
 * §4 Presence Broadcast / XEP-0153 §3.2: every available presence a local client sends (broadcast or
   directed, e.g. MUC joins) carries ``<x xmlns='vcard-temp:x:update'><photo>SHA-1</photo></x>`` when
   the account has an avatar; a client's own ``<photo/>`` (empty or not) is left alone, an ``<x/>``
@@ -135,7 +136,7 @@ class AvatarConversion(Module):
             jid = JID.parse(account)
         except InvalidJID:
             return
-        if jid.local is None:
+        if jid.local is None or not self.ctx.enabled_for(jid.domain):
             return
         payload = items[-1].payload
         try:
@@ -192,10 +193,14 @@ class AvatarConversion(Module):
     # -- §3.2 vCard -> PEP -----------------------------------------------------------------------
     @hook("vcard-changed")
     async def vcard_changed(self, host: str, user: str, vcard: Element | None) -> None:
+        if not self.ctx.enabled_for(host):
+            return
         jid = JID.parse(f"{user}@{host}")
         photo = vcard_photo(vcard)
         new_hash = sha1(photo[0]) if photo else ""
         self._hashes[jid.bare] = new_hash
+        if photo is None:
+            return
         meta_node = await self.pep.node_of(jid, METADATA)
         current = ""
         last = meta_node.last_item() if meta_node is not None else None
@@ -208,11 +213,6 @@ class AvatarConversion(Module):
         if current == new_hash:
             return
         meta = Element(f"{{{METADATA}}}metadata")
-        if photo is None:
-            if meta_node is None:
-                return
-            await self.pep.publish_own(jid, METADATA, "current", meta, _OPEN)
-            return
         image, mime = photo
         data = Element(f"{{{DATA}}}data")
         data.text = base64.b64encode(image).decode("ascii")
