@@ -4,6 +4,7 @@
 #   bench/run.sh                       # 1,000 connections, 200 messaging clients, 10 s phases, 2,000 msg/s
 #   N=5000 CLIENTS=400 DURATION=20 REPEAT=3 bench/run.sh
 #   ONLY=prosody bench/run.sh          # or ONLY=rookery
+#   ONLY=rookery MOBILE=both bench/run.sh   # Rookery without, then with, stream management + carbons
 #
 # Each server is pinned to CPU $SERVER_CPU (default 1) and the load generator to $CLIENT_CPU (default 0).
 # Every measured run gets a freshly started server (RSS per connection is only meaningful on a fresh
@@ -15,7 +16,10 @@
 # PROSODY_VARIANTS (default "default generational": Debian's Prosody configuration as shipped, which
 # uses Lua's incremental GC, and the same with gc = { mode = "generational" }, which is ~4x faster on
 # messages and ~3x on logins but pauses longer), PROSODY_EXTRA (one more Prosody config line for every
-# variant, e.g. 'network_settings = { nagle = false }'), QUIET_WAIT (see below).
+# variant, e.g. 'network_settings = { nagle = false }'), QUIET_WAIT (see below), MOBILE ("" or "off":
+# plain sessions; "on": every Rookery session enables XEP-0198 stream management and XEP-0280 carbons,
+# xmppload --sm --carbons, labelled rookery-mobile; "both": one run of each, each on a fresh server),
+# ROOKERY_PORT (default 25222, the port of bench/rookery-bench*.toml; another one runs a copy).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +35,7 @@ PROSODY_VARIANTS=${PROSODY_VARIANTS:-default generational}
 PY=${PY:-python3}
 OUT=bench/.results
 PROSODY_PORT=15222
-ROOKERY_PORT=25222   # must match bench/rookery-bench.toml
+ROOKERY_PORT=${ROOKERY_PORT:-25222}   # another port: run on a copy of the config listening there
 mkdir -p "$OUT"
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -129,8 +133,22 @@ if [ -z "$ONLY" ] || [ "$ONLY" = rookery ]; then
                     adduser "bench$i@localhost" --password secret >/dev/null 2>&1
             done
         fi
-        for r in $(seq 1 "$REPEAT"); do
-            PYTHONPATH=src taskset -c "$SERVER_CPU" "$RPY" -m rookery --config bench/rookery-bench.toml serve \
+        RCONF=bench/rookery-bench.toml
+        case ${MOBILE:-off} in on|both) RCONF=bench/rookery-bench-mobile.toml ;; esac
+        case ${MOBILE:-off} in
+            on) variants=(mobile) ;;
+            both) variants=(plain mobile) ;;
+            *) variants=(plain) ;;
+        esac
+        if [ "$ROOKERY_PORT" != 25222 ]; then  # e.g. someone else's benchmark holds 25222
+            sed "s/127.0.0.1:25222/127.0.0.1:$ROOKERY_PORT/" "$RCONF" >"$OUT/rookery-$ROOKERY_PORT.toml"
+            RCONF=$OUT/rookery-$ROOKERY_PORT.toml
+        fi
+        for r in $(seq 1 "$REPEAT"); do  # variants alternate: shared machines drift
+        for variant in "${variants[@]}"; do
+        label=rookery; mobile=()
+        if [ "$variant" = mobile ]; then label=rookery-mobile; mobile=(--sm --carbons); fi
+            PYTHONPATH=src taskset -c "$SERVER_CPU" "$RPY" -m rookery --config "$RCONF" serve \
                 >>bench/.rookery-data/serve.log 2>&1 &
             ROOKERY_PID=$!   # taskset execs python: this is the server's own PID
             if ! wait_port "$ROOKERY_PORT" "$ROOKERY_PID"; then
@@ -138,12 +156,13 @@ if [ -z "$ONLY" ] || [ "$ONLY" = rookery ]; then
                 cleanup
                 break
             fi
-            echo "# rookery pid $ROOKERY_PID, run $r/$REPEAT" >&2
+            echo "# $label pid $ROOKERY_PID, run $r/$REPEAT" >&2
             wait_quiet
-            "${LOAD[@]}" --port "$ROOKERY_PORT" --server-pid "$ROOKERY_PID" --label rookery \
-                --json "$OUT/rookery-$r.json" >/dev/null
-            results+=("$OUT/rookery-$r.json")
+            "${LOAD[@]}" "${mobile[@]}" --port "$ROOKERY_PORT" --server-pid "$ROOKERY_PID" --label "$label" \
+                --json "$OUT/$label-$r.json" >/dev/null
+            results+=("$OUT/$label-$r.json")
             cleanup
+        done
         done
     fi
 fi

@@ -19,6 +19,10 @@ Phases, all in one process on one monotonic clock:
 Prints one JSON object on stdout (progress goes to stderr). Errors are counted, not fatal; the exit
 status is 1 if fewer than half of the logins succeeded, 2 on bad usage.
 
+``--sm`` enables XEP-0198 stream management (``<enable xmlns='urn:xmpp:sm:3'/>``) and ``--carbons``
+XEP-0280 carbons on every session after binding, as mobile clients do; with ``--sm`` each session
+counts the stanzas it receives and answers the server's ``<r/>`` with ``<a h='...'/>``.
+
 After binding, received bytes are not parsed as XML any more: the receiver only scans them for the ids
 of our own messages (``id='xl<sender>.<seq>.<t_ns>'``), which costs a fraction of a microsecond per
 message, so the client stays well ahead of the server (see ``bench/nullserver.py`` to measure its own
@@ -49,6 +53,12 @@ NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_SM = "urn:xmpp:sm:3"
+NS_CARBONS = "urn:xmpp:carbons:2"
+# stanzas received (XEP-0198 §4 counts message, presence and iq; never nonzas); top-level ones only
+# here (the load sends no forwarded copies: one resource per account)
+STANZA_RE = re.compile(rb"<(?:message|presence|iq)[\s>/]")
+SM_R = re.compile(rb"<r[\s/>]")
 
 T_FEATURES = f"{{{NS_STREAM}}}features"
 T_STREAM_ERROR = f"{{{NS_STREAM}}}error"
@@ -177,6 +187,8 @@ class Conn(asyncio.Protocol):
         self.msg_head = ""  # "<message type='chat' to='peer' id='xl<idx>."
         self.sent = 0  # messages this connection sent to its peer
         self.acked = 0  # of those, how many the peer received
+        self.sm = False  # XEP-0198 enabled: count stanzas, answer <r/>
+        self.h = 0  # stanzas received since <enable/>
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -303,6 +315,11 @@ class Conn(asyncio.Protocol):
             log(f"received by #{self.idx} ({self.jid}): {data[:600]!r}")
         if b"stream:error" in data or b"</stream:stream" in data:
             bench.errors["stream_error_in_session"] += 1
+        if self.sm:
+            self.h = (self.h + len(STANZA_RE.findall(data))) & 0xFFFFFFFF
+            if SM_R.search(data) is not None and self.transport is not None and not self.closed:
+                self.transport.write(f"<a xmlns='{NS_SM}' h='{self.h}'/>".encode())
+                bench.sm_acks += 1
         peer = self.peer
         if peer is None:
             return
@@ -459,11 +476,14 @@ class Bench:
         self.dump = args.dump
         self.sent = 0
         self.received = 0
+        self.sm_acks = 0  # XEP-0198 <a/> answers to the server's <r/>
         self.lost = 0  # sent but never received (within the drain timeout)
         self.latencies: list[int] = []
         self.pairs: list[Conn] = []
         self.result: dict[str, Any] = {
             "server": args.label or f"{args.host}:{args.port}",
+            "sm": args.sm,
+            "carbons": args.carbons,
             "connections": args.connections,
         }
 
@@ -549,6 +569,17 @@ class Bench:
             el = await conn.recv()
             if el.get("type") != "result":
                 raise LoginError("session_failed")
+        if a.carbons:
+            conn.write(f"<iq type='set' id='c1'><enable xmlns='{NS_CARBONS}'/></iq>")
+            el = await conn.recv()
+            if el.get("type") != "result":
+                raise LoginError("carbons_failed", ET.tostring(el, encoding="unicode")[:200])
+        if a.sm:
+            conn.write(f"<enable xmlns='{NS_SM}'/>")
+            el = await conn.recv()
+            if el.tag != f"{{{NS_SM}}}enabled":
+                raise LoginError("sm_failed", ET.tostring(el, encoding="unicode")[:200])
+            conn.sm = True
         conn.go_fast()
         if a.presence:
             conn.write("<presence/>")
@@ -843,6 +874,8 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         "max_ms",
     ):
         r.setdefault(k, None)
+    if args.sm:
+        r["sm_acks_sent"] = bench.sm_acks
     r["errors"] = sum(bench.errors.values())
     r["error_kinds"] = dict(bench.errors)
     if (r["logins_ok"] or 0) < 0.5 * args.connections:
@@ -878,6 +911,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--mechanisms", default="SCRAM-SHA-1,SCRAM-SHA-256,PLAIN", help="SASL preference order")
     p.add_argument("--presence", action="store_true", help="send initial presence after binding")
+    p.add_argument("--sm", action="store_true", help="enable XEP-0198 stream management on every session")
+    p.add_argument("--carbons", action="store_true", help="enable XEP-0280 carbons on every session")
     p.add_argument("--login-concurrency", type=int, default=100)
     p.add_argument("--connect-timeout", type=float, default=5.0)
     p.add_argument("--login-timeout", type=float, default=15.0, help="per login, connect excluded")

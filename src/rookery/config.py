@@ -17,7 +17,7 @@ DEFAULT_MODULES = [
     "roster", "presence", "disco", "caps", "ping", "version", "time", "last", "vcard", "private",
     "offline", "session", "register", "contact_info", "carbons", "csi", "blocking", "smacks", "push",
     "mam", "upload", "proxy65", "external_services", "websocket", "bosh", "http_discovery", "web_client", "muc",
-    "pubsub", "pep",
+    "pubsub", "pep", "avatar_conversion",
 ]
 
 
@@ -306,6 +306,7 @@ class MAMConfig(_Section):
     full_text: bool = False
     max_page: int = Field(100, ge=1, le=10_000)
     cleanup_interval: float = Field(3600.0, gt=0)
+    max_messages_per_user: int = Field(0, ge=0)
 
 
 #: top-level sections that hold a module's options (module name -> Config field): the first release's

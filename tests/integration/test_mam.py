@@ -6,6 +6,7 @@ xep_0313 as a real client."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from xml.etree.ElementTree import Element
 
@@ -438,6 +439,37 @@ async def test_retention_removes_old_messages_periodically(rookery_server_factor
         await asyncio.sleep(0.1)
     await a.close()
     await b.close()
+
+
+async def test_archive_quota_prunes_the_oldest_messages_of_that_user(rookery_server_factory, caplog):
+    """``[mam] max_messages_per_user``: new messages are archived, the user's oldest go (logged)."""
+    caplog.set_level(logging.INFO)
+    server = rookery_server_factory(mam={"max_messages_per_user": 5})
+    a = await _login(server)
+    b = await _login(server)
+    c = await _login(server)
+    await _drain(a, b, c)
+    for i in range(8):
+        await _chat(a, b.bare, f"n{i}", recv=b)
+    await _chat(c, a.bare, "other", recv=a)
+    for _ in range(50):
+        results, _fin = await _query(b)
+        if [_body(r) for r in results] == [f"n{i}" for i in range(3, 8)]:
+            break
+        await asyncio.sleep(0.05)
+    assert [_body(r) for r in results] == [f"n{i}" for i in range(3, 8)]
+    # a's archive: 8 sent + 1 received, over 5 as well; c's (1 message) untouched
+    results, _fin = await _query(a)
+    assert [_body(r) for r in results] == ["n4", "n5", "n6", "n7", "other"]
+    results, _fin = await _query(c)
+    assert [_body(r) for r in results] == ["other"]
+    # the next message pushes out exactly one more
+    await _chat(b, a.bare, "reply", recv=a)
+    results, _fin = await _query(b)
+    assert [_body(r) for r in results] == ["n4", "n5", "n6", "n7", "reply"]
+    assert any("quota: removed" in r.getMessage() for r in caplog.records)
+    for x in (a, b, c):
+        await x.close()
 
 
 async def test_pending_archive_writes_survive_shutdown(rookery_server_factory, tmp_path):

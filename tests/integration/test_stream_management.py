@@ -515,3 +515,66 @@ async def test_unacked_message_to_bare_jid_is_not_duplicated_at_a_resource_that_
         assert [e for e in await drain(desk, 0.4) if is_msg(e)] == []  # desk had them already
     finally:
         await close_all(phone, desk, b)
+
+
+# -- offline messages and acknowledgements (issue F5 with XEP-0198) ----------------------------
+async def store_offline(sender: RawClient, to: str, n: int) -> None:
+    sender.send("".join(f"<message to='{to}' type='chat' id='o{i}'><body>{i}</body></message>"
+                        for i in range(1, n + 1)))
+    r = await sender.iq("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>", timeout=T)
+    assert r.get("type") == "result"  # processed in order: all stored
+
+
+def stored_count(s: RunningServer, jid: str) -> int:
+    j = JID.parse(jid)
+    return len(s.call(s.server.storage.offline.peek, j.domain, j.local, 10_000))
+
+
+async def test_offline_messages_are_removed_once_acknowledged(rookery_server):
+    s = rookery_server
+    jid, pw = s.make_user()
+    other, opw = s.make_user()
+    b = await login(s, other, opw)
+    await store_offline(b, jid, 30)
+    a = await login(s, jid, pw, resource="phone")
+    try:
+        await enable(a, resume=False)
+        a.send("<presence/>")
+        got = await collect_numbers(a, set(range(1, 31)))
+        assert sorted(got) == list(range(1, 31))
+        await asyncio.sleep(0.3)
+        assert stored_count(s, jid) == 30  # handed over, not acknowledged: still stored
+        # the server asks (<r/>); the client acknowledges everything it received
+        rest = await drain(a)
+        assert [el.tag for el in rest if el.tag != f"{{{SM}}}r"] == [], [el.tag for el in rest]
+        sent = session_of(s, a.jid).ext["smacks"].out
+        a.send(f"<a xmlns='{SM}' h='{sent}'/>")
+        await eventually(lambda: stored_count(s, jid) == 0)
+    finally:
+        await close_all(a, b)
+
+
+async def test_offline_messages_not_acknowledged_stay_stored_once_when_the_session_ends(rookery_server):
+    """Closed without acknowledging: the messages stay in offline storage, and stream management does
+    not store them a second time (one copy each on the next login)."""
+    s = rookery_server
+    jid, pw = s.make_user()
+    other, opw = s.make_user()
+    b = await login(s, other, opw)
+    await store_offline(b, jid, 12)
+    a = await login(s, jid, pw, resource="phone")
+    a2 = None
+    try:
+        await enable(a, resume=False)
+        a.send("<presence/>")
+        await collect_numbers(a, set(range(1, 13)))
+        a.send("</stream:stream>")
+        await eventually(lambda: session_of(s, a.jid) is None)
+        a2 = await login(s, jid, pw, resource="laptop")
+        a2.send("<presence/>")
+        got = await collect_numbers(a2, set(range(1, 13)))
+        got += [number(el) for el in await drain(a2) if is_msg(el)]
+        assert sorted(got) == list(range(1, 13))  # each exactly once
+        await eventually(lambda: stored_count(s, jid) == 0)  # no SM here: removed once handed over
+    finally:
+        await close_all(a, b, *([a2] if a2 else []))

@@ -135,3 +135,54 @@ async def test_a_crash_during_offline_delivery_loses_no_message(tmp_path, kill_a
         assert sorted(got) == list(range(N)), f"lost: {sorted(set(range(N)) - got)[:20]}"
     finally:
         srv.kill()
+
+
+async def test_offline_messages_not_acknowledged_with_stream_management_survive_a_crash(tmp_path):
+    """Issue F5 with XEP-0198: alice's client enables stream management, receives every stored
+    message and never acknowledges them; the server is killed (SIGKILL): they are still stored and
+    delivered on her next login (the server removes them only once acknowledged)."""
+    n = 50
+    srv = Serve(tmp_path)
+    srv.data.mkdir()
+    await create_users(srv.data, "alice", "bob")
+    srv.start()
+    try:
+        bob = await RawClient().login(srv.port, "bob@localhost", "pw")
+        bob.send("".join(f"<message to='alice@localhost' type='chat' id='m{i}'><body>{i}</body></message>"
+                         for i in range(n)))
+        r = await bob.iq("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>", timeout=30)
+        assert r.get("type") == "result"
+        await bob.close()
+        alice = await RawClient().login(srv.port, "alice@localhost", "pw")
+        alice.send("<enable xmlns='urn:xmpp:sm:3'/>")
+        el = await alice.recv_until(lambda e: e.tag.endswith("}enabled") or e.tag.endswith("}failed"), 10)
+        assert el.tag == "{urn:xmpp:sm:3}enabled"
+        alice.send("<presence/>")
+        got: set[int] = set()
+        first = 0
+        while len(got) < n:
+            el = await alice.recv(timeout=10)
+            m = _ID.match(el.get("id") or "")
+            if el.tag.endswith("message") and m:
+                got.add(int(m.group(1)))
+                first += 1
+        assert got == set(range(n))  # all handed over; the server's <r/> requests go unanswered
+        await asyncio.sleep(1.0)  # far longer than the one loop turn a session without acks gets
+        srv.kill()
+        await alice.close()
+        srv.start()
+        alice = await online(srv.port)
+        again: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(again) < n and time.monotonic() < deadline:
+            try:
+                el = await alice.recv(timeout=deadline - time.monotonic())
+            except (TimeoutError, ConnectionError, AssertionError):
+                break
+            m = _ID.match(el.get("id") or "")
+            if el.tag.endswith("message") and m:
+                again.add(int(m.group(1)))
+        await alice.close()
+        assert again == set(range(n)), f"lost: {sorted(set(range(n)) - again)[:20]}"
+    finally:
+        srv.kill()

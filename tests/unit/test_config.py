@@ -137,6 +137,8 @@ def test_unknown_nested_key(tmp_path, section):
         ('[mam]\nfull_text = "sometimes"', "mam.full_text"),
         ("[mam]\nmax_page = 0", "mam.max_page"),
         ("[mam]\ncleanup_interval = 0", "mam.cleanup_interval"),
+        ("[mam]\nmax_messages_per_user = -1", "mam.max_messages_per_user"),
+        ('[mam]\nmax_messages_per_user = "lots"', "mam.max_messages_per_user"),
         ("[modules.mam]\nretention = -2", "modules.mam.retention"),
         ('[tls]\nmin_version = "1.0"', "tls.min_version"),
         ("[tls]\ncert = 5", "tls.cert"),

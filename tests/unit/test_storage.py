@@ -343,6 +343,19 @@ async def test_archive_query_is_in_time_order_and_keeps_insertion_order_within_a
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{16}", i) for i in ids)
 
 
+async def test_archive_trim_keeps_the_newest_of_one_user_only(store: SQLStorage) -> None:
+    ids = await _fill(store, 10)
+    tied = [await store.archive.append(MAM, HOST, "juliet", f"<t{i}/>", when=1009.0) for i in range(3)]
+    other = await _fill(store, 5, user="romeo")
+    assert await store.archive.trim(MAM, HOST, "juliet", 4) == 9
+    # ties on the timestamp are broken by insertion order, like queries
+    assert [i.id for i in await store.archive.query(MAM, HOST, "juliet")] == [ids[9], *tied]
+    assert await store.archive.trim(MAM, HOST, "juliet", 10) == 0
+    assert [i.id for i in await store.archive.query(MAM, HOST, "romeo")] == other
+    assert await store.archive.trim(MAM, HOST, "juliet", 0) == 4
+    assert await store.archive.count(MAM, HOST, "juliet") == 0
+
+
 async def test_archive_append_defaults_to_now(store: SQLStorage) -> None:
     before = time.time()
     item_id = await store.archive.append(MAM, HOST, "juliet", "<m/>")

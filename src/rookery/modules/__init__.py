@@ -42,6 +42,7 @@ BUILTIN: dict[str, str] = {
     "muc": "rookery.modules.muc:MUC",
     "pubsub": "rookery.modules.pubsub:PubSub",
     "pep": "rookery.modules.pep:PEP",
+    "avatar_conversion": "rookery.modules.avatar_conversion:AvatarConversion",
 }
 
 

@@ -159,7 +159,13 @@ class Carbons(Module):
         res = self.enabled.get(bare)
         if not res:
             return
-        targets = [s for s in res.values() if s not in skip and not getattr(s, "ended", False)]
+        if len(res) == 1:  # the common case (one carbons-enabled client): no list to build
+            for only in res.values():
+                if only in skip or getattr(only, "ended", False):
+                    return
+                targets = [only]
+        else:
+            targets = [s for s in res.values() if s not in skip and not getattr(s, "ended", False)]
         if not targets or not eligible(st.el, st.type, direction == "received"):
             return
         deliver = self.ctx.sessions.deliver

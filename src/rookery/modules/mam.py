@@ -33,7 +33,11 @@ iq get ``<metadata/>`` the first and last items (§5).  Another user's archive i
 Preferences (XEP-0441 §2): ``<prefs default='always|never|roster'>`` with ``always``/``never`` JID
 lists, stored per user and applied when archiving (§2.3 JID matching: outgoing by ``to``, incoming by
 ``from``).  Retention: ``[mam] retention`` days (0: forever), pruned by a periodic task (§2.2: the
-oldest go first, ids are never reused).
+oldest go first, ids are never reused).  Quota: ``[mam] max_messages_per_user`` (0: no limit);
+when a write takes a user's archive over it, that user's oldest messages are deleted down to it and
+the deletion is logged (like retention, and like Prosody's archive item limit: new messages
+are always archived, the archive never refuses a message someone else sent).  The count of each
+archive written to is read once and then kept in memory.
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ class MAMOptions(Options):
     max_page: int = Field(100, ge=1, le=10_000)
     #: seconds between two retention clean-ups
     cleanup_interval: float = Field(3600.0, gt=0)
+    #: most messages kept in one user's archive; over it the oldest are deleted (0: no limit)
+    max_messages_per_user: int = Field(0, ge=0)
 
 
 class Prefs:
@@ -282,6 +288,8 @@ class MAM(Module):
         self._batch_users: set[Key] = set()
         self._inflight_users: set[Key] = set()
         self._prefs: dict[Key, Prefs] = {}
+        #: archive sizes of users on domains with a quota (read once, then counted here)
+        self._sizes: dict[Key, int] = {}
         self._wake: asyncio.Event | None = None
         self._flush_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -292,6 +300,8 @@ class MAM(Module):
         self._count = 0
         #: ids of stanzas the server routes again, already archived (see _stamped; rare, bounded)
         self._rerouted: set[str] = set()
+        #: some domain has [mam] max_messages_per_user
+        self._quota = any(ctx.options_for(h).max_messages_per_user > 0 for h in ctx.hosts)
         #: domains with [mam] full_text: their items carry the body as searchable text
         self._full_text = {h for h in ctx.hosts if ctx.options_for(h).full_text}
 
@@ -343,7 +353,26 @@ class MAM(Module):
                 removed += await self.archive.prune(now - days * 86400.0, host=host)
         if removed:
             self.log.info("retention: removed %d archived messages", removed)
+            self._sizes.clear()
         return removed
+
+    async def _enforce_quota(self, written: dict[Key, int]) -> None:
+        """``[mam] max_messages_per_user``: the oldest messages of a user over it are deleted."""
+        for key, n in written.items():
+            limit = self.ctx.options_for(key[0]).max_messages_per_user
+            if limit <= 0:
+                continue
+            size = self._sizes.get(key)
+            if size is None:
+                size = await self.archive.count(*key)
+            else:
+                size += n
+            if size > limit:
+                removed = await self.archive.trim(key[0], key[1], limit)
+                self.log.info("quota: removed the %d oldest archived messages of %s@%s (limit %d)",
+                              removed, key[1], key[0], limit)
+                size = limit
+            self._sizes[key] = size
 
     # -- batching ----------------------------------------------------------------------------------
     def _enqueue(self, key: Key, item_id: str, with_: str | None, el: Element, hide: str | None = None) -> None:
@@ -389,6 +418,15 @@ class MAM(Module):
                     self._batch_users = set()
                 try:
                     await self.archive.append_many(self._items(batch))
+                    if self._quota:
+                        written: dict[Key, int] = {}
+                        for b in batch:
+                            written[(b[0], b[1])] = written.get((b[0], b[1]), 0) + 1
+                        try:
+                            await self._enforce_quota(written)
+                        except Exception:  # the batch is written: never retried for this
+                            self.log.exception("archive quota enforcement failed")
+                            self._sizes.clear()
                 except Exception:
                     self.log.exception("archive write of %d messages failed; retrying", len(batch))
                     if len(batch) + len(self._batch) <= MAX_PENDING:
@@ -599,6 +637,7 @@ class MAM(Module):
     def user_deleted(self, host: str, user: str) -> None:
         key = (host, user)
         self._prefs.pop(key, None)
+        self._sizes.pop(key, None)
         if key in self._batch_users:
             self._batch = [b for b in self._batch if (b[0], b[1]) != key]
             self._batch_users.discard(key)

@@ -14,6 +14,12 @@ non-negative priority (§2 step 5), in batches each removed from storage only on
 transport (crash-safe): on the ``"initial-presence"`` event the presence module fires after
 broadcasting a session's initial presence, and when an already available resource raises its
 priority from negative to non-negative.  §4 "Service Discovery": the server advertises ``msgoffline``.
+
+With XEP-0198 stream management enabled on the session (the ``smacks`` service), a batch is removed
+only once the client acknowledged it (§4 "Acks"; the server asks with ``<r/>``), waiting at most
+``ACK_WAIT`` seconds: what is not acknowledged by then, or when the session ends, stays stored (and
+stream management does not route it again: one stored copy) and comes again on the next delivery.
+A server killed while it waits loses nothing that the client did not confirm.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from ..xml import ns, serialize
 from .time import format_datetime
 
 BATCH = 100  # stored messages read, sent and removed at a time
+ACK_WAIT = 60.0  # seconds a batch waits for the client's XEP-0198 acknowledgement
 CHATSTATES = "http://jabber.org/protocol/chatstates"
 HINTS = "urn:xmpp:hints"
 _DELAY = f"{{{ns.DELAY}}}delay"
@@ -108,7 +115,17 @@ class Offline(Module):
     def initial_presence(self, session: Any) -> Awaitable[None] | None:
         if getattr(session, "priority", 0) < 0:
             return None
+        if self._tracker(session) is not None:
+            # waiting for acknowledgements must not hold up the session's input (the acks)
+            self.ctx.spawn(self.deliver(session))
+            return None
         return self.deliver(session)
+
+    def _tracker(self, session: Any) -> Any:
+        """The session's XEP-0198 state (the ``smacks`` service), None without it."""
+        if not self.ctx.has_service("smacks"):
+            return None
+        return self.ctx.service("smacks").tracker(session)
 
     @hook("pre-presence", priority=1000)
     def presence_update(self, st: Stanza) -> None:
@@ -137,19 +154,40 @@ class Offline(Module):
         if sessions.get(jid) is not session or key in self._delivering:
             return  # gone, or a delivery to this account is under way (it takes what is stored)
         self._delivering.add(key)
+        sm = self.ctx.service("smacks") if self.ctx.has_service("smacks") else None
         try:
             while True:
                 batch = await self.storage.offline.peek(jid.domain, jid.local, BATCH)
                 if not batch or sessions.get(jid) is not session:
                     return  # done, or the session ended: the rest stays stored
-                for _id, data in batch:
+                tracker = sm.tracker(session) if sm is not None else None
+                sent: list[tuple[Any, int | None]] = []  # (stored id, stream management position)
+                for item_id, data in batch:
                     try:
                         el = fromstring(data)
                     except ParseError:
                         self.log.warning("dropping unreadable offline message for %s", jid.bare)
+                        sent.append((item_id, None))
                         continue
                     sessions.deliver(session, el)
-                await asyncio.sleep(0)  # one loop turn: the transports write what is pending
-                await self.storage.offline.remove(jid.domain, jid.local, [i for i, _ in batch])
+                    if tracker is not None:
+                        tracker.stored_elsewhere(tracker.out)
+                        sent.append((item_id, tracker.out))
+                    else:
+                        sent.append((item_id, None))
+                if tracker is None:
+                    await asyncio.sleep(0)  # one loop turn: the transports write what is pending
+                    await self.storage.offline.remove(jid.domain, jid.local, [i for i, _ in sent])
+                    continue
+                assert sm is not None
+                positions = [p for _, p in sent if p is not None]
+                if positions and not await sm.wait_acked(session, tracker, positions[-1], ACK_WAIT):
+                    done = [i for i, p in sent if p is None or tracker.is_acked(p)]
+                    if done:
+                        await self.storage.offline.remove(jid.domain, jid.local, done)
+                    self.log.info("%s acknowledged %d of %d offline messages; the rest stays stored",
+                                  session.jid, len(done), len(sent))
+                    return
+                await self.storage.offline.remove(jid.domain, jid.local, [i for i, _ in sent])
         finally:
             self._delivering.discard(key)

@@ -24,6 +24,9 @@ rules:
 * XEP-0411 compatibility: private XML (XEP-0049) ``<storage xmlns='storage:bookmarks'/>`` reads
   and writes the XEP-0402 bookmarks node (the ``private`` module asks this module through the
   ``pep`` service).
+* Other modules see publications through the ``pep-published`` event (account bare JID, node name,
+  the published items), fired after the notifications, and publish on an account's behalf with the
+  ``pep`` service's ``publish_own`` (XEP-0398 avatar conversion uses both).
 
 Nodes and items live in the module's ``nodes`` map store, per account (deleted with it).
 """
@@ -108,6 +111,12 @@ class PEPEngine(PubSubEngine):
             if targets and self.contact_allowed(handle, node, contact, item):
                 out += targets
         return out
+
+    async def notify_items(self, handle: ServiceHandle, node: Node, items: list[Item]) -> None:
+        await super().notify_items(handle, node, items)
+        r = self.ctx.fire("pep-published", handle.service.jid, node.name, list(items))
+        if r is not None:
+            self.ctx.spawn(r)  # never inside the service's lock
 
     def contact_allowed(self, handle: ServiceHandle, node: Node, contact: str, item: Any) -> bool:
         """The access model for a contact whose roster item (in the owner's roster) is known."""
@@ -237,6 +246,29 @@ class PEP(Module):
     @hook("user-deleted")
     def user_deleted(self, host: str, user: str) -> None:
         self.engine.forget(host, user)
+
+    async def publish_own(self, account: JID, name: str, item_id: str, payload: Element,
+                          config: dict[str, Any] | None = None) -> None:
+        """Publish ``payload`` as item ``item_id`` of the account's node ``name`` on its behalf (the
+        node is created with ``config`` over the defaults when missing), with notifications."""
+        handle = await self.service_of(account)
+        async with handle.lock:
+            node = handle.service.nodes.get(name)
+            if node is None:
+                cfg = self.engine.default_config(handle)
+                cfg.update(config or {})
+                node = Node(name, cfg, {account.bare: "owner"})
+                handle.service.nodes[name] = node
+                await handle.store.save_node(node)
+            item = Item(item_id, account.bare, serialize(payload, ""), time.time())
+            for dropped in handle.service.add_item(node, item, self.engine.hard_max_items(handle)):
+                await handle.store.delete_item(node, dropped.id)
+            await handle.store.save_item(node, item)
+            await self.engine.notify_items(handle, node, [item])
+
+    async def node_of(self, account: JID, name: str) -> Node | None:
+        """The account's node ``name`` (None when it has none); read it, do not change it."""
+        return (await self.service_of(account)).service.nodes.get(name)
 
     # -- XEP-0411: private XML bookmarks <-> XEP-0402 ----------------------------------------------
     async def legacy_bookmarks_or_none(self, account: JID) -> Element | None:

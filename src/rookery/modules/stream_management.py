@@ -27,6 +27,13 @@
   priority received too: RFC 6121 §8.5.2.1.1 gave it its own copy), iq requests are routed again (the router answers their sender with an error), the
   rest (presence, iq results) is dropped.  Nothing acknowledged is re-sent, nothing unacknowledged is
   lost.
+- Acknowledgement tracking for other modules (the ``smacks`` service): ``tracker(session)`` is the
+  session's ``SMState`` (None without stream management); ``tracker.out`` is the position of the
+  last stanza sent, ``tracker.is_acked(pos)`` whether the client acknowledged it, ``await
+  wait_acked(session, tracker, pos, timeout)`` asks ``<r/>`` and waits (True once acknowledged; False on
+  timeout or when the session ends first), ``tracker.stored_elsewhere(pos)`` marks a stanza that is
+  still kept elsewhere (offline storage, issue F5): not routed again when the session ends
+  unacknowledged.
 """
 
 from __future__ import annotations
@@ -83,7 +90,7 @@ class SMState:
     """One session's stream management state (kept in ``session.ext["smacks"]``)."""
 
     __slots__ = ("id", "max", "base_in", "out", "acked", "unacked", "r_pending", "overflow", "taking_over",
-                 "timer", "request_after", "max_unacked")
+                 "timer", "request_after", "max_unacked", "waiters", "keep")
 
     def __init__(self, base_in: int, request_after: int, max_unacked: int) -> None:
         self.id: str | None = None  # the SM-ID when resumable
@@ -99,6 +106,36 @@ class SMState:
         self.timer: asyncio.TimerHandle | None = None
         self.request_after = request_after
         self.max_unacked = max_unacked
+        #: (position, future) of modules waiting for an acknowledgement (``wait_acked``)
+        self.waiters: list[tuple[int, asyncio.Future[bool]]] = []
+        #: positions of unacknowledged stanzas kept elsewhere: not routed again at the end
+        self.keep: set[int] = set()
+
+    def is_acked(self, pos: int) -> bool:
+        """Whether the stanza sent at position ``pos`` (a past value of ``out``) was acknowledged."""
+        return ((self.out - pos) & MASK) >= ((self.out - self.acked) & MASK)
+
+    def stored_elsewhere(self, pos: int) -> None:
+        """The stanza at ``pos`` is still kept elsewhere: when unacknowledged at the end, it is not
+        routed again (it would be there twice)."""
+        if not self.is_acked(pos):
+            self.keep.add(pos)
+
+    def _wake(self, result: bool | None = None) -> None:
+        """Resolve the waiters whose position is acknowledged (or, with ``result``, all of them)."""
+        if not self.waiters:
+            return
+        left = []
+        for pos, fut in self.waiters:
+            if fut.done():
+                continue
+            if result is not None:
+                fut.set_result(result)
+            elif self.is_acked(pos):
+                fut.set_result(True)
+            else:
+                left.append((pos, fut))
+        self.waiters = left
 
     def h_in(self, session: Any) -> int:
         return (session.stanzas_in - self.base_in) & MASK
@@ -109,10 +146,16 @@ class SMState:
         q = self.unacked
         if n > len(q):
             return False
-        for _ in range(n):
-            q.popleft()
+        if n == len(q):
+            q.clear()  # everything sent was acknowledged: the usual case
+        else:
+            for _ in range(n):
+                q.popleft()
+        if self.keep:
+            self.keep = {p for p in self.keep if ((self.out - p) & MASK) < ((self.out - h) & MASK)}
         self.acked = h
         self.r_pending = False
+        self._wake()
         return True
 
 
@@ -135,6 +178,7 @@ class StreamManagement(Module):
     """XEP-0198 acks and resumption; see the module docstring for the rules."""
 
     name = "smacks"
+    provides = ["smacks"]
     Options = StreamManagementOptions
 
     def __init__(self, ctx: Any) -> None:
@@ -156,6 +200,32 @@ class StreamManagement(Module):
             if st is not None and st.timer is not None:
                 st.timer.cancel()
         self._by_id.clear()
+
+    # -- the smacks service: acknowledgements for other modules ----------------------------------
+    @staticmethod
+    def tracker(session: Any) -> SMState | None:
+        """The session's stream management state (None when not enabled)."""
+        st = session.ext.get(KEY)
+        return st if isinstance(st, SMState) else None
+
+    async def wait_acked(self, session: Any, st: SMState, pos: int, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until the client acknowledged the stanza at ``pos``;
+        asks with ``<r/>``.  False on timeout or when the session ended first."""
+        if st.is_acked(pos):
+            return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        st.waiters.append((pos, fut))
+        if session.ext.get(KEY) is not st:
+            return False  # the session ended (its state is gone)
+        if not st.r_pending:
+            st.r_pending = True
+            self._request_ack(session)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            st.waiters = [(p, f) for p, f in st.waiters if f is not fut]
 
     # -- §3 feature ----------------------------------------------------------------------------
     @fold("stream-features")
@@ -355,11 +425,15 @@ class StreamManagement(Module):
                 self.ctx.handles.remove(h)
         unacked = list(st.unacked)
         st.unacked.clear()
+        st._wake(False)
         if not unacked:
             return
         kept = {id(e) for e, _ in unacked}
         extra = [e for e in session.take_queue() if id(e) not in kept]
-        for e, when in unacked:
+        first = (st.acked + 1) & MASK  # the position of unacked[0]
+        for i, (e, when) in enumerate(unacked):
+            if st.keep and ((first + i) & MASK) in st.keep:
+                continue  # still stored elsewhere (offline storage): not a second copy
             self._reroute(session, e, when)
         for e in extra:
             self._spawn(self.ctx.router.send(e))

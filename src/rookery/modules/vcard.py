@@ -9,7 +9,9 @@
   and an account without a vCard both get ``<service-unavailable/>`` (the same error in both cases, so
   accounts cannot be harvested).
 
-vCards live in the key-value store ``"vcard"``.  XEP-0153 avatar hashes are not handled here.
+vCards live in the key-value store ``"vcard"``.  The module provides the ``vcard`` service (``load``,
+``store``) and fires ``vcard-changed`` (host, user, vCard element or None) after a client's set; the
+XEP-0153/XEP-0398 avatar handling is the ``avatar_conversion`` module's.
 """
 
 from __future__ import annotations
@@ -32,6 +34,23 @@ class VCard(Module):
     name = "vcard"
     features = [ns.VCARD]
     account_features = [ns.VCARD]
+    provides = ["vcard"]
+
+    async def load(self, host: str, user: str) -> Element | None:
+        """The stored vCard of ``user@host`` (None when there is none)."""
+        return await self._load(host, user)
+
+    async def store(self, host: str, user: str, vcard: Element | None) -> None:
+        """Replace (or with None / an empty vCard, delete) the stored vCard; no ``vcard-changed``."""
+        if vcard is None or (len(vcard) == 0 and not (vcard.text or "").strip()):
+            await self.storage.kv.delete(STORE, host, user, KEY)
+        else:
+            await self.storage.kv.set(STORE, host, user, KEY, serialize(vcard))
+
+    async def _changed(self, host: str, user: str, vcard: Element | None) -> None:
+        r = self.ctx.fire("vcard-changed", host, user, vcard)
+        if r is not None:
+            await r
 
     async def _load(self, host: str, user: str) -> Element | None:
         raw = await self.storage.kv.get(STORE, host, user, KEY)
@@ -66,9 +85,11 @@ class VCard(Module):
         vcard = request.el[0]
         if len(vcard) == 0 and not (vcard.text or "").strip():
             await self.storage.kv.delete(STORE, to.domain, to.local, KEY)
+            await self._changed(to.domain, to.local, None)
             return request.result()
         data = serialize(vcard)
         if len(data.encode("utf-8")) > MAX_SIZE:
             raise StanzaError("policy-violation", f"vCard larger than {MAX_SIZE // 1024} KiB")
         await self.storage.kv.set(STORE, to.domain, to.local, KEY, data)
+        await self._changed(to.domain, to.local, vcard)
         return request.result()

@@ -199,6 +199,10 @@ class ArchiveStore(Protocol):
 
     async def count(self, store: str, host: str, user: str) -> int: ...
 
+    async def trim(self, store: str, host: str, user: str, keep: int) -> int:
+        """Delete the user's oldest items in that store so that at most ``keep`` (the newest) remain;
+        returns how many were deleted (a per-user quota)."""
+
 
 class Storage(Protocol):
     accounts: AccountStore

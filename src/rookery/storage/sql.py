@@ -715,6 +715,29 @@ class SQLArchiveStore:
 
         return await self._db._read(tx)
 
+    async def trim(self, store: str, host: str, user: str, keep: int) -> int:
+        key = sa.tuple_(archive.c.ts, archive.c.seq)
+        # the oldest item to keep: the keep-th newest (served by the (store, host, user, ts) index)
+        first_kept = (
+            sa.select(archive.c.ts, archive.c.seq)
+            .where(self._where(store, host, user))
+            .order_by(archive.c.ts.desc(), archive.c.seq.desc())
+            .offset(max(keep, 1) - 1)
+            .limit(1)
+        )
+
+        async def tx(conn: AsyncConnection) -> int:
+            if keep <= 0:
+                return (await conn.execute(sa.delete(archive).where(self._where(store, host, user)))).rowcount
+            row = (await conn.execute(first_kept)).first()
+            if row is None:
+                return 0
+            bound = sa.tuple_(sa.literal(row.ts, archive.c.ts.type), sa.literal(row.seq, archive.c.seq.type))
+            stmt = sa.delete(archive).where(self._where(store, host, user), key < bound)
+            return (await conn.execute(stmt)).rowcount
+
+        return await self._db._write(tx)
+
 
 _BATCH_ROWS = 10_000  # rows per executemany call in append_many
 

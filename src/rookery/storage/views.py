@@ -86,6 +86,10 @@ class ArchiveView:
     async def count(self, host: str, user: str) -> int:
         return await self._a.count(self._store, host, user)
 
+    async def trim(self, host: str, user: str, keep: int) -> int:
+        """Delete the user's oldest items so that at most ``keep`` remain; returns how many went."""
+        return await self._a.trim(self._store, host, user, keep)
+
 
 class ModuleStores:
     """``open_store`` for the module manager: the SQL name of a module's store is ``owner/name``."""
