@@ -24,8 +24,10 @@ OUT=bench/.results; mkdir -p "$OUT"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "# $(date -Is) load average: $(cut -d' ' -f1-3 /proc/loadavg) N=$N CLIENTS=$CLIENTS DURATION=$DURATION REPEAT=$REPEAT USABLE=${USABLE:-0} MECH=$MECH" >&2
 PYTHONPATH="$SRC" "$RPY" bench/rookery_users.py --config "$CONFIG" --users "$N" || exit 1
-port() { grep -E "^$1 *=" "$CONFIG" | head -1 | sed -E 's/.*"127\.0\.0\.1:([0-9]+)".*/\1/'; }
-C2S=$(port listen); DIRECT=$(port direct_tls_listen)
+# ports: C2S_PORT / DIRECT_PORT (default 27222 / 27223, not run.sh's 25222: two benchmarks on one machine
+# must not measure each other's server)
+C2S=${C2S_PORT:-27222}; DIRECT=${DIRECT_PORT:-27223}
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 SPID=""
 stop() {
     if [ -n "$SPID" ] && kill -0 "$SPID" 2>/dev/null; then
@@ -40,8 +42,13 @@ results=()
 for r in $(seq 1 "$REPEAT"); do
   for loop in $LOOPS; do
     cfg=$(mktemp --suffix=.toml)
-    { echo "event_loop = \"$loop\""; cat "$CONFIG"; } > "$cfg"
+    { echo "event_loop = \"$loop\""; sed -E -e "s/^listen = \[\"127\.0\.0\.1:[0-9]+\"\]/listen = [\"127.0.0.1:$C2S\"]/" \
+        -e "s/^direct_tls_listen = \[[^]]*\]/direct_tls_listen = [\"127.0.0.1:$DIRECT\"]/" "$CONFIG"; } > "$cfg"
     for mode in $MODES; do
+        if port_busy "$C2S" || port_busy "$DIRECT"; then
+            echo "!! 127.0.0.1:$C2S or :$DIRECT is in use (another server?): $loop $mode run $r skipped" >&2
+            continue
+        fi
         PYTHONPATH="$SRC" taskset -c "$SERVER_CPU" "$RPY" -m rookery --config "$cfg" serve >>bench/.rookery-data/serve.log 2>&1 &
         SPID=$!
         ok=0
@@ -50,7 +57,10 @@ for r in $(seq 1 "$REPEAT"); do
             if (exec 3<>"/dev/tcp/127.0.0.1/$C2S") 2>/dev/null; then ok=1; break; fi
             sleep 0.1
         done
-        [ $ok = 1 ] || { echo "server did not start (bench/.rookery-data/serve.log)" >&2; stop; continue; }
+        sleep 0.2
+        if [ $ok != 1 ] || ! kill -0 "$SPID" 2>/dev/null; then
+            echo "!! server did not start (bench/.rookery-data/serve.log)" >&2; stop; continue
+        fi
         case $mode in
             tcp) extra=(--port "$C2S") ;;
             starttls) extra=(--port "$C2S" --tls) ;;

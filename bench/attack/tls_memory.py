@@ -4,7 +4,9 @@ Starts ``rookery serve`` in its own process on loopback, opens N connections of 
 stream header (STARTTLS ones also negotiate TLS and reopen the stream), and reports the server's RSS
 growth per connection in KiB.  Usage::
 
-    .venv/bin/python bench/attack/tls_memory.py [N]      # default N = 2000
+    .venv/bin/python bench/attack/tls_memory.py [N] [EVENT_LOOP]   # default N = 2000, EVENT_LOOP = auto
+
+EVENT_LOOP is the server's ``event_loop`` setting: auto (uvloop when installed), uvloop or asyncio.
 """
 
 from __future__ import annotations
@@ -84,11 +86,12 @@ async def measure(kind: str, n: int, pid: int, c2s: int, direct: int) -> float:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    loop = sys.argv[2] if len(sys.argv) > 2 else "auto"
     with tempfile.TemporaryDirectory() as d:
         c2s, direct = free_port(), free_port()
         cfg = Path(d) / "rookery.toml"
         cfg.write_text(f'domains = ["localhost"]\ndata_dir = "{d}/data"\nlog_level = "warning"\n'
-                       f'[c2s]\nlisten = ["127.0.0.1:{c2s}"]\ndirect_tls_listen = ["127.0.0.1:{direct}"]\n'
+                       f'event_loop = "{loop}"\n[c2s]\nlisten = ["127.0.0.1:{c2s}"]\ndirect_tls_listen = ["127.0.0.1:{direct}"]\n'
                        f'handshake_timeout = 600\n[http]\nlisten = []\ntls_listen = []\n'
                        f'[limits]\nmax_connections_per_ip = 0\nmax_unauthenticated_per_ip = 0\n')
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -105,7 +108,7 @@ def main() -> None:
                     time.sleep(0.1)
             for kind in ("plain", "starttls", "direct"):
                 per = asyncio.run(measure(kind, n, proc.pid, c2s, direct))
-                print(f"{kind:9s} {n} idle connections: {per:6.1f} KiB per connection")
+                print(f"{kind:9s} {n} idle connections: {per:6.1f} KiB per connection ({loop})")
         finally:
             proc.terminate()
             proc.wait(10)
