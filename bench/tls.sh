@@ -8,7 +8,7 @@
 #   USABLE=1 MECH=SCRAM-SHA-256 DURATION=0 bench/tls.sh   # logins only, clock stopped at "usable"
 #
 # Environment: N CLIENTS DURATION RATE REPEAT LOOPS ("asyncio uvloop") MODES ("tcp starttls direct")
-# USABLE (1: --usable) MECH (SASL preference, default SCRAM-SHA-256,SCRAM-SHA-1) CONFIG (default
+# TAG (a prefix for labels and result files) USABLE (1: --usable) MECH (SASL preference, default SCRAM-SHA-256,SCRAM-SHA-1) CONFIG (default
 # bench/rookery-bench.toml) ROOKERY_PY (default .venv/bin/python) PY (the load generator's Python).
 # Results: bench/.results/tls-<loop>-<mode>-<i>.json and a median table on stderr.
 set -uo pipefail
@@ -67,12 +67,12 @@ for r in $(seq 1 "$REPEAT"); do
             direct) extra=(--port "$DIRECT" --direct-tls) ;;
         esac
         [ "${USABLE:-0}" = 1 ] && extra+=(--usable)
-        f=$OUT/tls-$loop-$mode-$r.json
+        f=$OUT/tls-${TAG:-}$loop-$mode-$r.json
         echo "# run $r/$REPEAT $loop $mode (server pid $SPID, load $(cut -d' ' -f1 /proc/loadavg))" >&2
         taskset -c "$CLIENT_CPU" "$PY" bench/xmppload.py --host 127.0.0.1 --domain localhost --user 'bench{n}' \
             --password secret --connections "$N" --clients "$CLIENTS" --duration "$DURATION" --rate "$RATE" \
             --mechanisms "$MECH" --scram-cache bench/.scram-cache.json --timeout 600 --quiet \
-            --server-pid "$SPID" --label "rookery-$loop-$mode" --json "$f" "${extra[@]}" >/dev/null
+            --server-pid "$SPID" --label "rookery-${TAG:-}$loop-$mode" --json "$f" "${extra[@]}" >/dev/null
         results+=("$f")
         stop
     done

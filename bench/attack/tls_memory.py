@@ -4,9 +4,12 @@ Starts ``rookery serve`` in its own process on loopback, opens N connections of 
 stream header (STARTTLS ones also negotiate TLS and reopen the stream), and reports the server's RSS
 growth per connection in KiB.  Usage::
 
-    .venv/bin/python bench/attack/tls_memory.py [N] [EVENT_LOOP]   # default N = 2000, EVENT_LOOP = auto
+    .venv/bin/python bench/attack/tls_memory.py [N] [EVENT_LOOP] [KINDS]
 
-EVENT_LOOP is the server's ``event_loop`` setting: auto (uvloop when installed), uvloop or asyncio.
+N defaults to 2000; EVENT_LOOP is the server's ``event_loop`` setting: auto (uvloop when installed, the
+default), uvloop or asyncio; KINDS a comma-separated subset of plain,starttls,direct (default all three,
+one after the other on one server: a later kind may reuse memory an earlier one freed, so measure one
+kind per run for figures of record).
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ async def measure(kind: str, n: int, pid: int, c2s: int, direct: int) -> float:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     loop = sys.argv[2] if len(sys.argv) > 2 else "auto"
+    kinds = sys.argv[3].split(",") if len(sys.argv) > 3 else ["plain", "starttls", "direct"]
     with tempfile.TemporaryDirectory() as d:
         c2s, direct = free_port(), free_port()
         cfg = Path(d) / "rookery.toml"
@@ -106,7 +110,7 @@ def main() -> None:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
-            for kind in ("plain", "starttls", "direct"):
+            for kind in kinds:
                 per = asyncio.run(measure(kind, n, proc.pid, c2s, direct))
                 print(f"{kind:9s} {n} idle connections: {per:6.1f} KiB per connection ({loop})")
         finally:

@@ -287,6 +287,7 @@ _SQL_ROSTER_ITEMS = (
     "SELECT contact, name, subscription, ask, approved, groups FROM roster_items WHERE host = ? AND username = ?"
 )
 _SQL_PENDING_IN = "SELECT contact, stanza FROM roster_pending_in WHERE host = ? AND username = ?"
+_SQL_KV_GET = "SELECT value FROM kv WHERE host = ? AND username = ? AND store = ? AND key = ?"
 _SQL_OFFLINE_ANY = "SELECT 1 FROM offline WHERE host = ? AND username = ? LIMIT 1"
 
 
@@ -446,6 +447,9 @@ class SQLKeyValueStore:
         return sa.and_(kv.c.host == host, kv.c.username == user, kv.c.store == store)
 
     async def get(self, store: str, host: str, user: str, key: str) -> str | None:
+        rows = self._db.point_read(_SQL_KV_GET, (host, user, store, key))
+        if rows is not None:  # SQLite fast path: modules read their per-user documents at every login
+            return rows[0][0] if rows else None
         stmt = sa.select(kv.c.value).where(self._where(store, host, user), kv.c.key == key)
 
         async def tx(conn: AsyncConnection) -> str | None:
