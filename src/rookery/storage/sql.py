@@ -449,6 +449,9 @@ class SQLKeyValueStore:
     async def get(self, store: str, host: str, user: str, key: str) -> str | None:
         rows = self._db.point_read(_SQL_KV_GET, (host, user, store, key))
         if rows is not None:  # SQLite fast path: modules read their per-user documents at every login
+            # one loop turn, as the async path gave: a burst of requests for large documents is then
+            # answered one flush at a time, so that [limits] max_send_buffer stops reading in time
+            await asyncio.sleep(0)
             return rows[0][0] if rows else None
         stmt = sa.select(kv.c.value).where(self._where(store, host, user), kv.c.key == key)
 
