@@ -493,11 +493,17 @@ class Bench:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: Conn(self, idx), a.host, a.port), a.connect_timeout
+                loop.create_connection(
+                    lambda: Conn(self, idx), a.host, a.port,
+                    ssl=self.ssl_ctx if a.direct_tls else None,
+                    server_hostname=a.domain if a.direct_tls else None,
+                    ssl_handshake_timeout=a.connect_timeout if a.direct_tls else None,
+                ),
+                a.connect_timeout,
             )
         except TimeoutError:
             raise LoginError("connect_timeout") from None
-        except OSError as e:
+        except (OSError, ssl.SSLError) as e:
             raise LoginError("connect_error", str(e)) from None
         try:
             await asyncio.wait_for(self.negotiate(conn, idx), a.login_timeout)
@@ -515,7 +521,9 @@ class Bench:
         conn.open_stream(a.domain)
         feats = await conn.features()
         tls = feats.find(f"{{{NS_TLS}}}starttls")
-        if tls is not None and (a.tls or tls.find(f"{{{NS_TLS}}}required") is not None):
+        if a.direct_tls:
+            pass
+        elif tls is not None and (a.tls or tls.find(f"{{{NS_TLS}}}required") is not None):
             conn.write(f"<starttls xmlns='{NS_TLS}'/>")
             el = await conn.recv()
             if el.tag != f"{{{NS_TLS}}}proceed":
@@ -580,6 +588,21 @@ class Bench:
             if el.tag != f"{{{NS_SM}}}enabled":
                 raise LoginError("sm_failed", ET.tostring(el, encoding="unicode")[:200])
             conn.sm = True
+        if a.usable:
+            # login-to-usable: initial presence *processed* (its reflection to this resource came
+            # back, RFC 6121 §4.2.2) and a first iq answered, which is what a user waits for
+            conn.write("<presence/><iq type='get' id='u1'><ping xmlns='urn:xmpp:ping'/></iq>")
+            got_presence = got_iq = False
+            while not (got_presence and got_iq):
+                el = await conn.recv()
+                if el.tag in ("{jabber:client}presence", "presence") and el.get("from") == conn.jid:
+                    got_presence = True
+                elif el.tag in ("{jabber:client}iq", "iq") and el.get("id") == "u1":
+                    if el.get("type") != "result":
+                        raise LoginError("usable_failed", ET.tostring(el, encoding="unicode")[:200])
+                    got_iq = True
+            conn.go_fast()
+            return
         conn.go_fast()
         if a.presence:
             conn.write("<presence/>")
@@ -670,6 +693,8 @@ class Bench:
         r["logins_failed"] = n - ok
         r["login_wall_s"] = round(wall, 3)
         r["logins_per_s"] = round(ok / wall, 1) if wall > 0 else None
+        r["login_until"] = "usable" if a.usable else "bind"
+        r["transport"] = "direct-tls" if a.direct_tls else "starttls" if a.tls else "tcp"
         r["login_p50_ms"] = round(login_ms[len(login_ms) // 2], 2) if login_ms else None
         r["login_p99_ms"] = round(login_ms[int(0.99 * (len(login_ms) - 1))], 2) if login_ms else None
         kdf = self.scram.kdf_seconds - kdf_before
@@ -909,6 +934,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tls", action="store_true", help="use STARTTLS (always used when the server requires it)"
     )
+    p.add_argument(
+        "--direct-tls", action="store_true", help="TLS from the first byte (XEP-0368 direct TLS port)"
+    )
+    p.add_argument(
+        "--usable",
+        action="store_true",
+        help="a login ends when the session is usable: initial presence sent and reflected back to "
+        "this resource, and a first iq (ping) answered (login-to-usable); implies --presence",
+    )
     p.add_argument("--mechanisms", default="SCRAM-SHA-1,SCRAM-SHA-256,PLAIN", help="SASL preference order")
     p.add_argument("--presence", action="store_true", help="send initial presence after binding")
     p.add_argument("--sm", action="store_true", help="enable XEP-0198 stream management on every session")
@@ -928,6 +962,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if "{n}" not in args.user and args.connections > 1:
         p.error("--user must contain {n}")
+    if args.direct_tls and args.tls:
+        p.error("--tls (STARTTLS) and --direct-tls exclude each other")
     if args.connections < 1 or args.rate <= 0 or args.window < 2:
         p.error("need --connections >= 1, --rate > 0, --window >= 2")
     return args

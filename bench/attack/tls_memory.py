@@ -4,7 +4,12 @@ Starts ``rookery serve`` in its own process on loopback, opens N connections of 
 stream header (STARTTLS ones also negotiate TLS and reopen the stream), and reports the server's RSS
 growth per connection in KiB.  Usage::
 
-    .venv/bin/python bench/attack/tls_memory.py [N]      # default N = 2000
+    .venv/bin/python bench/attack/tls_memory.py [N] [EVENT_LOOP] [KINDS]
+
+N defaults to 2000; EVENT_LOOP is the server's ``event_loop`` setting: auto (uvloop when installed, the
+default), uvloop or asyncio; KINDS a comma-separated subset of plain,starttls,direct (default all three,
+one after the other on one server: a later kind may reuse memory an earlier one freed, so measure one
+kind per run for figures of record).
 """
 
 from __future__ import annotations
@@ -84,11 +89,13 @@ async def measure(kind: str, n: int, pid: int, c2s: int, direct: int) -> float:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    loop = sys.argv[2] if len(sys.argv) > 2 else "auto"
+    kinds = sys.argv[3].split(",") if len(sys.argv) > 3 else ["plain", "starttls", "direct"]
     with tempfile.TemporaryDirectory() as d:
         c2s, direct = free_port(), free_port()
         cfg = Path(d) / "rookery.toml"
         cfg.write_text(f'domains = ["localhost"]\ndata_dir = "{d}/data"\nlog_level = "warning"\n'
-                       f'[c2s]\nlisten = ["127.0.0.1:{c2s}"]\ndirect_tls_listen = ["127.0.0.1:{direct}"]\n'
+                       f'event_loop = "{loop}"\n[c2s]\nlisten = ["127.0.0.1:{c2s}"]\ndirect_tls_listen = ["127.0.0.1:{direct}"]\n'
                        f'handshake_timeout = 600\n[http]\nlisten = []\ntls_listen = []\n'
                        f'[limits]\nmax_connections_per_ip = 0\nmax_unauthenticated_per_ip = 0\n')
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -103,9 +110,9 @@ def main() -> None:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
-            for kind in ("plain", "starttls", "direct"):
+            for kind in kinds:
                 per = asyncio.run(measure(kind, n, proc.pid, c2s, direct))
-                print(f"{kind:9s} {n} idle connections: {per:6.1f} KiB per connection")
+                print(f"{kind:9s} {n} idle connections: {per:6.1f} KiB per connection ({loop})")
         finally:
             proc.terminate()
             proc.wait(10)

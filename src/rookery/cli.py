@@ -670,7 +670,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
 
     from . import logsetup
 
@@ -680,13 +679,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logsetup.configure(cfg)
     except OSError as e:
         raise CLIError(f"log.file: cannot open {cfg.log.file}: {e.strerror or e}") from None
-    try:
-        import uvloop  # type: ignore[import-not-found]
+    return int(event_loop_runner(cfg.event_loop)(_serve(cfg, args.config)))
 
-        runner: Any = uvloop.run
+
+def event_loop_runner(choice: str) -> Any:
+    """``asyncio.run`` or ``uvloop.run`` for the ``event_loop`` setting: "auto" takes uvloop when it
+    is importable (a dependency; its TLS layer is compiled, asyncio's is pure Python:
+    docs/performance.md), "uvloop" requires it, "asyncio" never uses it."""
+    import asyncio
+
+    if choice == "asyncio":
+        return asyncio.run
+    try:
+        import uvloop
     except ImportError:
-        runner = asyncio.run
-    return int(runner(_serve(cfg, args.config)))
+        if choice == "uvloop":
+            raise CLIError('event_loop = "uvloop": uvloop is not installed (pip install uvloop)') from None
+        return asyncio.run
+    return uvloop.run
 
 
 async def _serve(cfg: Config, config_path: str | None) -> int:

@@ -362,6 +362,8 @@ class Config(_Section):
     module_options: dict[str, dict[str, Any]] = {}
     vhosts: dict[str, VHostConfig] = {}
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: the event loop ``rookery serve`` runs on: uvloop (its TLS is compiled) when importable, or asyncio's
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     log: LogConfig = LogConfig()
     #: server administrators (bare JIDs): the one source of admin rights for every service
     admins: list[str] = []

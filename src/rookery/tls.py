@@ -79,10 +79,21 @@ TLS_READ_BUFFER = 16 * 1024
 def limit_tls_read_buffers(size: int = TLS_READ_BUFFER) -> None:
     """Make asyncio's ``SSLProtocol`` allocate ``size`` bytes per connection instead of 256 KiB (its
     ``max_size`` class attribute is the size of that buffer and of each ``SSLObject.read``).  Applies
-    to every TLS connection made afterwards in this process: listeners, STARTTLS, outgoing links."""
+    to every TLS connection made afterwards in this process: listeners, STARTTLS, outgoing links.
+
+    uvloop (``event_loop``) has its own compiled ``SSLProtocol``, whose 256 KiB read buffer is a
+    ``malloc`` that cannot be resized from here; only the pages a read touches become resident, and
+    an idle connection's reads are small, so an idle TLS connection costs less on uvloop than on
+    asyncio with this limit (``bench/attack/tls_memory.py``, docs/performance.md "TLS")."""
     from asyncio import sslproto
 
     sslproto.SSLProtocol.max_size = size
+
+
+#: no compression (CRIME), the server's cipher order, and no TLS 1.2 renegotiation (a client-initiated
+#: renegotiation costs the server a handshake for nothing; TLS 1.3 has none).  TLS 1.3 session tickets
+#: stay on (OpenSSL's default, two per connection): a reconnecting client resumes without a full handshake.
+SERVER_OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
 
 
 def server_context(cert: Path, key: Path, min_version: str = "1.2", alpn: list[str] | None = None,
@@ -91,7 +102,7 @@ def server_context(cert: Path, key: Path, min_version: str = "1.2", alpn: list[s
     TLS 1.2 ``ciphers`` given (an OpenSSL cipher list; TLS 1.3 suites are all strong)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= SERVER_OPTIONS
     if ciphers:
         ctx.set_ciphers(ciphers)
     ctx.load_cert_chain(str(cert), str(key))
@@ -222,7 +233,7 @@ def configure_context(ctx: ssl.SSLContext, cert: Path, key: Path, min_version: s
     """Set ``ctx`` up as ``server_context`` does (loading the certificate again into an existing
     context replaces it for the handshakes that follow)."""
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= SERVER_OPTIONS
     if ciphers:
         ctx.set_ciphers(ciphers)
     ctx.load_cert_chain(str(cert), str(key))

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from xmpp_helpers import RawClient  # noqa: E402
 
@@ -87,10 +89,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_out_of_file_descriptors_is_a_few_log_lines_and_service_resumes(tmp_path):
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+async def test_out_of_file_descriptors_is_a_few_log_lines_and_service_resumes(tmp_path, event_loop):
     """The server runs with 200 file descriptors and is told to take 1,000 connections: accept()
     fails with EMFILE while 300 connections are held; it logs a line per back-off (not per attempt)
-    and serves again once they are gone."""
+    and serves again once they are gone.  On uvloop, libuv sheds the connections it cannot take
+    (it accepts and closes them at once, with a descriptor kept in reserve), without a log line."""
+    if event_loop == "uvloop":
+        pytest.importorskip("uvloop")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 2048 and (hard == resource.RLIM_INFINITY or hard >= 2048):
         resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
@@ -103,6 +109,7 @@ async def test_out_of_file_descriptors_is_a_few_log_lines_and_service_resumes(tm
     await st.close()
     config = tmp_path / "rookery.toml"
     config.write_text(f'domains = ["localhost"]\ndata_dir = "{data}"\nlog_level = "info"\n'
+                      f'event_loop = "{event_loop}"\n'
                       f'[c2s]\nlisten = ["127.0.0.1:{port}"]\ndirect_tls_listen = []\n'
                       f'[http]\nlisten = []\ntls_listen = []\n[proxy65]\nlisten = []\n'
                       f'[limits]\nmax_connections = 1000\nmax_connections_per_ip = 0\n'
@@ -147,5 +154,6 @@ async def test_out_of_file_descriptors_is_a_few_log_lines_and_service_resumes(tm
     text = log.read_text()
     lines = text.splitlines()
     assert "Traceback" not in text, text[-2000:]
-    assert sum("out of file descriptors" in ln for ln in lines) >= 1, text[-2000:]
+    if event_loop == "asyncio":
+        assert sum("out of file descriptors" in ln for ln in lines) >= 1, text[-2000:]
     assert len(lines) < 40, f"{len(lines)} log lines:\n" + "\n".join(lines[-20:])

@@ -262,3 +262,25 @@ def test_metrics_section(tmp_path):
     assert cfg.metrics.active and cfg.metrics.path == "/metrics" and not load_config(None).metrics.active
     msg = config_error(tmp_path, "[metrics]\nenabled = true\n[http]\nlisten = []\ntls_listen = []")
     assert "metrics.enabled: needs [metrics] listen or an [http] listener" in msg
+
+
+def test_event_loop_takes_auto_uvloop_or_asyncio_and_names_a_bad_value(tmp_path):
+    assert load_config(None).event_loop == "auto"
+    for v in ("auto", "uvloop", "asyncio"):
+        assert load_text(tmp_path, f'event_loop = "{v}"\n').event_loop == v
+    assert "event_loop" in config_error(tmp_path, 'event_loop = "trio"\n')
+
+
+def test_event_loop_runner_follows_the_setting(monkeypatch):
+    import asyncio
+    import sys
+
+    from rookery.cli import CLIError, event_loop_runner
+
+    assert event_loop_runner("asyncio") is asyncio.run
+    uvloop = pytest.importorskip("uvloop")
+    assert event_loop_runner("auto") is uvloop.run and event_loop_runner("uvloop") is uvloop.run
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed
+    assert event_loop_runner("auto") is asyncio.run
+    with pytest.raises(CLIError, match="event_loop"):
+        event_loop_runner("uvloop")

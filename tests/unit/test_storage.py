@@ -297,6 +297,48 @@ async def test_offline_peek_keeps_messages_until_removed_by_id(store: SQLStorage
     assert await store.offline.remove(HOST, "juliet", []) == 0
 
 
+async def test_offline_empty_queue_is_answered_without_a_write_transaction(store: SQLStorage) -> None:
+    """Issue 12: every login peeks at its queue, nearly always empty: on SQLite that is an inline read,
+    not a write transaction; a push of this process still in flight is seen (it takes the write path)."""
+    writes = 0
+    real_write = store._write
+
+    async def counting_write(fn):  # type: ignore[no-untyped-def]
+        nonlocal writes
+        writes += 1
+        return await real_write(fn)
+
+    store._write = counting_write  # type: ignore[method-assign]
+    assert await store.offline.peek(HOST, "juliet", 10) == []
+    assert await store.offline.pop_all(HOST, "juliet") == []
+    if store.is_postgresql:
+        return  # the async path as before (no write queue in this process to be ordered behind)
+    assert writes == 0
+    # a push not committed yet: the peek, queued behind it as before, must see it
+    push = asyncio.ensure_future(store.offline.push(HOST, "juliet", "<message n='1'/>"))
+    await asyncio.sleep(0)
+    assert [s for _, s in await store.offline.peek(HOST, "juliet", 10)] == ["<message n='1'/>"]
+    assert await push
+    assert await store.offline.pop_all(HOST, "juliet") == ["<message n='1'/>"]
+    assert await store.offline.peek(HOST, "juliet", 10) == []
+
+
+async def test_roster_and_pending_reads_match_through_either_path(store: SQLStorage) -> None:
+    """The SQLite inline reads (roster load, pending requests at initial presence) give what the
+    async path gives."""
+    await store.roster.set_item(HOST, "juliet", RosterItem(jid="romeo@" + HOST, name="R", subscription="both",
+                                                            groups=["a", "b"]))
+    await store.roster.add_pending_in(HOST, "juliet", "nurse@" + HOST, "<presence type='subscribe'/>")
+    fast = (await store.roster.get(HOST, "juliet"), await store.roster.get_pending_in(HOST, "juliet"))
+    ro, store._ro = store._ro, None
+    try:
+        slow = (await store.roster.get(HOST, "juliet"), await store.roster.get_pending_in(HOST, "juliet"))
+    finally:
+        store._ro = ro
+    assert fast == slow
+    assert fast[0][1]["romeo@" + HOST].groups == ["a", "b"] and fast[1] == {"nurse@" + HOST: "<presence type='subscribe'/>"}
+
+
 async def test_offline_push_refuses_beyond_the_limit_per_user(store: SQLStorage) -> None:
     results = [await store.offline.push(HOST, "juliet", f"<m n='{i}'/>") for i in range(OFFLINE_LIMIT + 2)]
     assert results == [True] * OFFLINE_LIMIT + [False, False]

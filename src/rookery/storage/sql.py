@@ -282,6 +282,13 @@ _SQL_CREDENTIALS = (
     "SELECT hash_name, salt, iterations, stored_key, server_key FROM credentials WHERE host = ? AND username = ?"
 )
 _SQL_ACCOUNT = "SELECT 1 FROM accounts WHERE host = ? AND username = ?"
+_SQL_ROSTER_VERSION = "SELECT version FROM roster_versions WHERE host = ? AND username = ?"
+_SQL_ROSTER_ITEMS = (
+    "SELECT contact, name, subscription, ask, approved, groups FROM roster_items WHERE host = ? AND username = ?"
+)
+_SQL_PENDING_IN = "SELECT contact, stanza FROM roster_pending_in WHERE host = ? AND username = ?"
+_SQL_KV_GET = "SELECT value FROM kv WHERE host = ? AND username = ? AND store = ? AND key = ?"
+_SQL_OFFLINE_ANY = "SELECT 1 FROM offline WHERE host = ? AND username = ? LIMIT 1"
 
 
 async def _account_exists(conn: AsyncConnection, host: str, user: str) -> bool:
@@ -317,6 +324,13 @@ class SQLRosterStore:
         self._db = db
 
     async def get(self, host: str, user: str) -> tuple[str, dict[str, RosterItem]]:
+        got = self._db.snapshot_read([(_SQL_ROSTER_VERSION, (host, user)), (_SQL_ROSTER_ITEMS, (host, user))])
+        if got is not None:  # SQLite fast path (see SQLStorage.snapshot_read): every login loads it
+            ver_rows, item_rows = got
+            return str(ver_rows[0][0] if ver_rows else 0), {r[0]: RosterItem(
+                jid=r[0], name=r[1], subscription=r[2], ask=bool(r[3]), approved=bool(r[4]),
+                groups=json.loads(r[5])) for r in item_rows}
+
         async def tx(conn: AsyncConnection) -> tuple[str, dict[str, RosterItem]]:
             ver = await conn.scalar(
                 sa.select(roster_versions.c.version).where(_user(roster_versions, host, user))
@@ -398,6 +412,10 @@ class SQLRosterStore:
         await self._db._write(tx)
 
     async def get_pending_in(self, host: str, user: str) -> dict[str, str]:
+        rows = self._db.point_read(_SQL_PENDING_IN, (host, user))
+        if rows is not None:  # SQLite fast path: read at every initial presence, nearly always empty
+            return {r[0]: r[1] for r in rows}
+
         async def tx(conn: AsyncConnection) -> dict[str, str]:
             stmt = sa.select(roster_pending_in.c.contact, roster_pending_in.c.stanza).where(
                 _user(roster_pending_in, host, user)
@@ -429,6 +447,12 @@ class SQLKeyValueStore:
         return sa.and_(kv.c.host == host, kv.c.username == user, kv.c.store == store)
 
     async def get(self, store: str, host: str, user: str, key: str) -> str | None:
+        rows = self._db.point_read(_SQL_KV_GET, (host, user, store, key))
+        if rows is not None:  # SQLite fast path: modules read their per-user documents at every login
+            # one loop turn, as the async path gave: a burst of requests for large documents is then
+            # answered one flush at a time, so that [limits] max_send_buffer stops reading in time
+            await asyncio.sleep(0)
+            return rows[0][0] if rows else None
         stmt = sa.select(kv.c.value).where(self._where(store, host, user), kv.c.key == key)
 
         async def tx(conn: AsyncConnection) -> str | None:
@@ -473,8 +497,30 @@ class SQLOfflineStore:
     def __init__(self, db: SQLStorage, limit: int) -> None:
         self._db = db
         self.limit = limit
+        #: (host, user) -> pushes of this process not committed yet (``_surely_empty`` must see them)
+        self._pushing: dict[tuple[str, str], int] = {}
+
+    def _surely_empty(self, host: str, user: str) -> bool:
+        """True when the user's queue is empty for certain, known without a transaction: no push of this
+        process is in flight for the user and a read of the committed state (inline, SQLite's read-only
+        connection, ~20 µs) finds nothing.  Every login asks (``peek``), and nearly every queue is empty:
+        this spares each login a write transaction and a hop to the database thread (issue 12)."""
+        if self._pushing.get((host, user)):
+            return False
+        rows = self._db.point_read(_SQL_OFFLINE_ANY, (host, user))
+        return rows is not None and not rows
 
     async def push(self, host: str, user: str, stanza: str) -> bool:
+        key = (host, user)
+        self._pushing[key] = self._pushing.get(key, 0) + 1
+        try:
+            return await self._push(host, user, stanza)
+        finally:
+            n = self._pushing.pop(key) - 1
+            if n:
+                self._pushing[key] = n
+
+    async def _push(self, host: str, user: str, stanza: str) -> bool:
         async def tx(conn: AsyncConnection) -> bool:
             if self._db.is_postgresql:
                 # Serialize pushes per user so that concurrent pushes cannot overshoot the limit
@@ -496,6 +542,8 @@ class SQLOfflineStore:
         return await self._db._write(tx)
 
     async def pop_all(self, host: str, user: str) -> list[str]:
+        if self._surely_empty(host, user):
+            return []
         stmt = sa.delete(offline).where(_user(offline, host, user)).returning(offline.c.id, offline.c.stanza)
 
         async def tx(conn: AsyncConnection) -> list[str]:
@@ -505,6 +553,8 @@ class SQLOfflineStore:
         return await self._db._write(tx)
 
     async def peek(self, host: str, user: str, limit: int | None = None) -> list[tuple[int, str]]:
+        if self._surely_empty(host, user):
+            return []
         stmt = sa.select(offline.c.id, offline.c.stanza).where(_user(offline, host, user)).order_by(offline.c.id)
         if limit is not None:
             stmt = stmt.limit(limit)
@@ -959,6 +1009,21 @@ class SQLStorage:
             return None
         try:
             return ro.execute(sql, params).fetchall()
+        except sqlite3.Error:
+            return None
+
+    def snapshot_read(self, queries: list[tuple[str, tuple[Any, ...]]]) -> list[list[tuple[Any, ...]]] | None:
+        """SQLite only: like ``point_read``, several statements in one read transaction (one snapshot);
+        None elsewhere or when the database is busy."""
+        ro = self._ro
+        if ro is None:
+            return None
+        try:
+            ro.execute("BEGIN")
+            try:
+                return [ro.execute(sql, params).fetchall() for sql, params in queries]
+            finally:
+                ro.execute("COMMIT")
         except sqlite3.Error:
             return None
 
