@@ -41,7 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .limits import ConnectionLimiter
+from .limits import ConnectionLimiter, DrainWaiters
 from .websocket import is_loopback
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class BOSHSession:
         self._paused = False
         self._backlog: deque[bytes] = deque()
         self._inactive: asyncio.TimerHandle | None = None
-        self._writable: asyncio.Event | None = None
+        self._writable = DrainWaiters()  # those waiting for write_blocked to end
         self._closing = False
         self._ended = False
         self._admission: ConnectionLimiter | None = None
@@ -236,8 +236,7 @@ class BOSHSession:
         out = b"".join(self._out)
         self._out.clear()
         self._queued = 0
-        if self._writable is not None:
-            self._writable.set()
+        self._writable.release()
         return out
 
     def _respond_oldest(self, payload: bytes) -> None:
@@ -281,8 +280,6 @@ class BOSHSession:
     async def writable(self) -> None:
         if not self.write_blocked:
             return
-        if self._writable is None or self._writable.is_set():
-            self._writable = asyncio.Event()
         await self._writable.wait()
 
     # the rest of the Transport protocol ------------------------------------------------------
@@ -396,8 +393,7 @@ class BOSHSession:
                 fut.set_result(_terminate_body("item-not-found"))
         self._waiting.clear()
         self._backlog.clear()
-        if self._writable is not None:
-            self._writable.set()
+        self._writable.release()
         if self._admission is not None and self._key is not None:
             self._admission.released(self._key, self._authed)
             self._key = None

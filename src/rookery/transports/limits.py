@@ -9,6 +9,7 @@ line per connection (a flood must not become a log flood).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -98,3 +99,23 @@ def _dec(counts: dict[str, int], key: str) -> None:
         counts[key] = n
     else:
         counts.pop(key, None)
+
+
+class DrainWaiters:
+    """Those waiting for a transport's send buffer to drain below its mark (``Transport.writable``):
+    ``wait()`` parks until ``release()`` (the buffer drained, or the connection is gone).  The event
+    exists only while someone waits."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    async def wait(self) -> None:
+        if self._event is None or self._event.is_set():
+            self._event = asyncio.Event()
+        await self._event.wait()
+
+    def release(self) -> None:
+        if self._event is not None:
+            self._event.set()

@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from .limits import ConnectionLimiter, address_key
+from .limits import ConnectionLimiter, DrainWaiters, address_key
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class StreamProtocol(asyncio.Protocol):
         self._send_limit: SendLimit | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
-        self._writable: asyncio.Event | None = None  # made while someone waits for write_blocked to end
+        self._writable = DrainWaiters()  # those waiting for write_blocked to end
         self._flusher = flusher
         self.ssl_context = ssl_context
         self.is_secure = direct_tls
@@ -160,8 +160,7 @@ class StreamProtocol(asyncio.Protocol):
             self._send_timer.cancel()
             self._send_timer = None
         self._update_reading()
-        if self._writable is not None:
-            self._writable.set()
+        self._writable.release()
 
     @property
     def write_blocked(self) -> bool:
@@ -170,8 +169,6 @@ class StreamProtocol(asyncio.Protocol):
     async def writable(self) -> None:
         if not self.write_blocked:
             return
-        if self._writable is None or self._writable.is_set():
-            self._writable = asyncio.Event()
         await self._writable.wait()
 
     def _send_timed_out(self) -> None:
@@ -257,8 +254,7 @@ class StreamProtocol(asyncio.Protocol):
             if t is not None:
                 t.cancel()
         self._send_timer = self._grace_timer = None
-        if self._writable is not None:
-            self._writable.set()  # whoever waits to write learns the connection is gone
+        self._writable.release()  # whoever waits to write learns the connection is gone
         if self._key is not None and self._admission is not None:
             self._admission.released(self._key, self._authed)
             self._key = None

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from .limits import ConnectionLimiter
+from .limits import ConnectionLimiter, DrainWaiters
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class WebSocketTransport:
         self._paused = False
         self._resume = asyncio.Event()
         self._resume.set()
-        self._writable: asyncio.Event | None = None
+        self._writable = DrainWaiters()  # those waiting for write_blocked to end
         self._max_buffer = max_buffer
         self._send_timeout = send_timeout
         self._send_timer: asyncio.TimerHandle | None = None
@@ -109,8 +109,6 @@ class WebSocketTransport:
     async def writable(self) -> None:
         if not self.write_blocked:
             return
-        if self._writable is None or self._writable.is_set():
-            self._writable = asyncio.Event()
         await self._writable.wait()
 
     def _send_timed_out(self) -> None:
@@ -139,8 +137,7 @@ class WebSocketTransport:
                     if self._send_timer is not None:
                         self._send_timer.cancel()
                         self._send_timer = None
-                    if self._writable is not None:
-                        self._writable.set()
+                    self._writable.release()
             if self._closing and not ws.closed:
                 await ws.close()
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
@@ -182,8 +179,7 @@ class WebSocketTransport:
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
-        if self._writable is not None:
-            self._writable.set()
+        self._writable.release()
         if self._admission is not None and self._key is not None:
             self._admission.released(self._key, self._authed)
             self._key = None
