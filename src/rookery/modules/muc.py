@@ -614,22 +614,15 @@ class MUC(Module):
         self._joined.pop(real, None)
 
     # -- messages ----------------------------------------------------------------------------
+    # a StanzaError raised here is the reply (never to an error): the router's chain does that
     @hook("message/bare", on="service")
     def message_bare(self, st: Stanza) -> bool:
-        try:
-            self._room_message(st)
-        except StanzaError as e:
-            if st.type != "error":
-                self.ctx.router.reply(st, st.error(e))
+        self._room_message(st)
         return True
 
     @hook("message/full", on="service")
     def message_full(self, st: Stanza) -> bool:
-        try:
-            self._private_message(st)
-        except StanzaError as e:
-            if st.type != "error":
-                self.ctx.router.reply(st, st.error(e))
+        self._private_message(st)
         return True
 
     def _room_message(self, st: Stanza) -> None:
