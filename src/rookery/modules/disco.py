@@ -60,6 +60,17 @@ def data_form(form_type: str, fields: dict[str, str | Iterable[str]], type: str 
     return x
 
 
+def info_query(identity: tuple[str, str, str | None], features: Iterable[str]) -> Element:
+    """A disco#info ``<query/>`` (XEP-0030 §3.1) with one identity and ``features``: what a service
+    module answers for its own domain."""
+    q = Element(f"{{{ns.DISCO_INFO}}}query")
+    category, type_, name = identity
+    SubElement(q, _IDENTITY, category=category, type=type_, name=name or "")
+    for var in features:
+        SubElement(q, f"{{{ns.DISCO_INFO}}}feature", var=var)
+    return q
+
+
 def _query(tag: str, node: str | None) -> Element:
     q = Element(tag)
     if node is not None:

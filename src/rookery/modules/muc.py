@@ -51,6 +51,7 @@ from ._muc_room import (
     form_values,
 )
 from ._muc_room import MUC as NS_MUC
+from .disco import info_query
 from .mam import FORWARD, RSM, parse_query
 from .mam import NS as MAM
 from .time import format_datetime
@@ -1192,11 +1193,8 @@ class MUC(Module):
     def service_info(self, st: Stanza) -> Element:
         if st.el[0].get("node"):
             raise StanzaError("item-not-found", "no such node")
-        q = Element(f"{{{ns.DISCO_INFO}}}query")
-        SubElement(q, f"{{{ns.DISCO_INFO}}}identity", category="conference", type="text", name="Chatrooms")
-        for f in (ns.DISCO_INFO, ns.DISCO_ITEMS, NS_MUC, UNIQUE, OCCUPANT_ID):
-            SubElement(q, f"{{{ns.DISCO_INFO}}}feature", var=f)
-        return st.result(q)
+        return st.result(info_query(self.service_identity,
+                                    (ns.DISCO_INFO, ns.DISCO_ITEMS, NS_MUC, UNIQUE, OCCUPANT_ID)))
 
     @iq_handler("get", UNIQUE, "unique", to="host", on="service")
     def unique_name(self, st: Stanza) -> Element:

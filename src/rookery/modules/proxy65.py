@@ -39,6 +39,7 @@ from ..module import Module, ModuleContext, Options, iq_handler
 from ..stanza import Stanza, StanzaError
 from ..transports.tcp import parse_listen
 from ..xml import ns
+from .disco import info_query
 
 NS = "http://jabber.org/protocol/bytestreams"
 DISCO_INFO = ns.DISCO_INFO
@@ -305,12 +306,8 @@ class Proxy65(Module):
     def service_info(self, st: Stanza) -> Element:
         if st.el[0].get("node") is not None:
             raise StanzaError("item-not-found")
-        q = Element(f"{{{DISCO_INFO}}}query")
-        category, type_, label = self.service_identity
-        SubElement(q, f"{{{DISCO_INFO}}}identity", category=category, type=type_, name=label or "")
-        for var in (DISCO_INFO, DISCO_ITEMS, NS):
-            SubElement(q, f"{{{DISCO_INFO}}}feature", var=var)
-        return st.result(q)
+        assert self.service_identity is not None
+        return st.result(info_query(self.service_identity, (DISCO_INFO, DISCO_ITEMS, NS)))
 
     @iq_handler("get", DISCO_ITEMS, "query", to="host", on="service")
     def service_items(self, st: Stanza) -> Element:

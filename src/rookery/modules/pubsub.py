@@ -23,6 +23,7 @@ from ..pubsub.core import META_DATA, OWNER, PUBSUB, Node, build_form
 from ..pubsub.engine import FEATURES, PubSubEngine, ServiceHandle
 from ..stanza import Stanza, StanzaError
 from ..xml import ns
+from .disco import info_query
 
 _INFO = f"{{{ns.DISCO_INFO}}}query"
 _ITEMS = f"{{{ns.DISCO_ITEMS}}}query"
@@ -106,11 +107,9 @@ class PubSub(Module):
         name = request.el[0].get("node")
         q = Element(_INFO)
         if name is None:
-            category, type_, label = self.service_identity
-            SubElement(q, f"{{{ns.DISCO_INFO}}}identity", category=category, type=type_, name=label or "")
-            for var in [ns.DISCO_INFO, ns.DISCO_ITEMS, PUBSUB, OWNER] + [f"{PUBSUB}#{f}" for f in sorted(FEATURES)]:
-                SubElement(q, f"{{{ns.DISCO_INFO}}}feature", var=var)
-            return request.result(q)
+            assert self.service_identity is not None
+            return request.result(info_query(self.service_identity, [ns.DISCO_INFO, ns.DISCO_ITEMS, PUBSUB, OWNER]
+                                             + [f"{PUBSUB}#{f}" for f in sorted(FEATURES)]))
         handle = await self._handle(request)
         node = await self._visible(handle, request, name)
         q.set("node", name)

@@ -51,7 +51,7 @@ from pydantic import Field
 from ..module import Module, ModuleContext, Options, iq_handler
 from ..stanza import Stanza, StanzaError
 from ..xml import ns
-from .disco import data_form
+from .disco import data_form, info_query
 
 NS = "urn:xmpp:http:upload:0"
 DISCO_INFO = ns.DISCO_INFO
@@ -174,11 +174,8 @@ class Upload(Module):
             raise StanzaError("item-not-found")
         assert st.to is not None
         host = st.to.domain.partition(".")[2]
-        q = Element(f"{{{DISCO_INFO}}}query")
-        category, type_, label = self.service_identity
-        SubElement(q, f"{{{DISCO_INFO}}}identity", category=category, type=type_, name=label or "")
-        for var in (DISCO_INFO, DISCO_ITEMS, NS):
-            SubElement(q, f"{{{DISCO_INFO}}}feature", var=var)
+        assert self.service_identity is not None
+        q = info_query(self.service_identity, (DISCO_INFO, DISCO_ITEMS, NS))
         q.append(data_form(NS, {"max-file-size": str(self.ctx.options_for(host).max_file_size)}))
         return st.result(q)
 
