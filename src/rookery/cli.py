@@ -679,69 +679,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logsetup.configure(cfg)
     except OSError as e:
         raise CLIError(f"log.file: cannot open {cfg.log.file}: {e.strerror or e}") from None
+    count = cfg.worker_count()
+    if count > 1:  # a supervising parent (plain asyncio: it only accepts and hands over) and N workers
+        import asyncio
+
+        return int(asyncio.run(_supervise(cfg, args.config, count)))
     return int(event_loop_runner(cfg.event_loop)(_serve(cfg, args.config)))
 
 
 def event_loop_runner(choice: str) -> Any:
-    """``asyncio.run`` or ``uvloop.run`` for the ``event_loop`` setting: "auto" takes uvloop when it
-    is importable (a dependency; its TLS layer is compiled, asyncio's is pure Python:
-    docs/performance.md), "uvloop" requires it, "asyncio" never uses it."""
-    import asyncio
+    """``asyncio.run`` or ``uvloop.run`` for the ``event_loop`` setting (``workers.event_loop_runner``)."""
+    from .workers import event_loop_runner as runner
 
-    if choice == "asyncio":
-        return asyncio.run
     try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise CLIError('event_loop = "uvloop": uvloop is not installed (pip install uvloop)') from None
-        return asyncio.run
-    return uvloop.run
+        return runner(choice)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 async def _serve(cfg: Config, config_path: str | None) -> int:
-    import asyncio
-    import gc
-    import logging
-    import signal
-
     from sqlalchemy.exc import SQLAlchemyError
 
-    from . import logsetup
-    from .config import ConfigError
-    from .server import Server
+    from .workers import serve_process
 
-    log = logging.getLogger("rookery")
-    server = Server(cfg)
-    server.config_path = config_path
-    server.manage_logging = True
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    async def reload() -> None:
-        try:
-            await server.reload()
-        except (ConfigError, OSError, ValueError) as e:
-            log.error("reload failed, nothing changed: %s", e)
-
-    # SIGHUP is `rookery reload` (never a kill); SIGUSR1 reopens the log file (logrotate)
-    loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(reload()))
-    loop.add_signal_handler(signal.SIGUSR1, logsetup.reopen)
     try:
-        await server.start()
+        return await serve_process(cfg, config_path)
     except (OSError, SQLAlchemyError) as e:
-        await server.stop(timeout=0)
         raise CLIError(str(e).splitlines()[0]) from None
-    # Start-up objects (imported code, modules, config) live as long as the process: move them out of
-    # the cyclic collector's reach so that its full collections stay short (latency, docs/performance.md).
-    gc.collect()
-    gc.freeze()
-    await stop.wait()
-    log.info("shutting down")
-    await server.stop()
-    return 0
+
+
+async def _supervise(cfg: Config, config_path: str | None, count: int) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .workers import supervise
+
+    try:
+        return await supervise(cfg, config_path, count)
+    except (OSError, SQLAlchemyError) as e:
+        raise CLIError(str(e).splitlines()[0]) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

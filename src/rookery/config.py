@@ -364,6 +364,9 @@ class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: the event loop ``rookery serve`` runs on: uvloop (its TLS is compiled) when importable, or asyncio's
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    #: serving processes (docs/performance.md "Workers"): "auto" (the number of CPUs) or 1..256;
+    #: 1 serves in one process, more start a supervising parent and that many workers
+    workers: int | Literal["auto"] = "auto"
     log: LogConfig = LogConfig()
     #: server administrators (bare JIDs): the one source of admin rights for every service
     admins: list[str] = []
@@ -434,6 +437,24 @@ class Config(_Section):
             if d in self.domains:
                 raise ValueError(f"components.secrets: {d} is one of the served domains")
         return self
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if v != "auto" and not (isinstance(v, int) and 1 <= v <= 256):
+            raise ValueError('must be "auto" (the number of CPUs) or a number of processes from 1 to 256')
+        return v
+
+    def worker_count(self) -> int:
+        """``workers`` as a number: "auto" is the number of CPUs this process may run on."""
+        if self.workers != "auto":
+            return int(self.workers)
+        import os
+
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            return max(1, os.cpu_count() or 1)
 
     @field_validator("storage")
     @classmethod

@@ -170,8 +170,11 @@ class ModuleContext:
                  stores: Stores, options: BaseModel, host_options: dict[str, BaseModel], hosts: list[str],
                  catalog: Catalog, registrar: Registrar, services: dict[str, Any], started_at: float,
                  admins: frozenset[str] = frozenset(), limits: Any = None, data_dir: Path | None = None,
-                 secret: bytes = b"") -> None:
+                 secret: bytes = b"", primary: bool = True) -> None:
         self.name = name
+        #: this process is worker 0 or the only one: the home of services' state and of listeners a
+        #: module opens itself (docs/architecture.md "Workers"); False on the other workers
+        self.primary = primary
         self.router = router
         self.sessions = sessions
         self.storage = storage

@@ -104,8 +104,9 @@ class ModuleManager:
     def __init__(self, config: Config, *, router: RouterAPI, sessions: SessionRegistry, routes: RouteTable,
                  events: EventBus, tables: dict[str, HandlerTable], elements: dict[str, Callable[..., Any]],
                  storage: Storage, tasks: Tasks, started_at: float, http: HTTPService | None = None,
-                 secret: bytes = b"", c2s: Callable[[Any, Any], Any] | None = None) -> None:
+                 secret: bytes = b"", c2s: Callable[[Any, Any], Any] | None = None, primary: bool = True) -> None:
         self.config = config
+        self.primary = primary  # worker 0 or the only process (ctx.primary)
         self.secret = secret  # the server secret (ctx.derive_key)
         self.http = http  # the [http] listeners' routes (None: no HTTP side)
         self.c2s = c2s  # starts a c2s stream on a transport and framer (the HTTP carriers)
@@ -173,7 +174,8 @@ class ModuleManager:
                             stores=self.stores, options=opts, host_options=host_opts, hosts=list(hosts),
                             catalog=self.catalog, registrar=self, services=self.services,
                             started_at=self.started_at, admins=frozenset(self.config.admins),
-                            limits=self.config.limits, data_dir=self.config.data_path(), secret=self.secret)
+                            limits=self.config.limits, data_dir=self.config.data_path(), secret=self.secret,
+                            primary=self.primary)
         mod = cls(ctx)
         for svc in cls.provides:
             if svc in self.services:

@@ -8,24 +8,31 @@ and hands their stanzas to the router.  See docs/architecture.md for the map of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import resource
+import signal
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from inspect import isawaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree.ElementTree import Element
 
 from . import admin, server_secret, tls
+from .cluster.directory import RemoteSession
+from .cluster.registry import ClusterSessionRegistry
 from .components import Components
 from .config import Config
 from .control import SOCKET_NAME, ControlServer
-from .jid import JID
+from .jid import JID, InvalidJID
 from .module_manager import ModuleManager
 from .routing.hooks import EventBus, HandlerTable
 from .routing.registry import LocalSessionRegistry, SessionRef
 from .routing.router import Router
-from .routing.routes import RouteTable
+from .routing.routes import COMPONENT, SERVICE, Route, RouteTable
 from .routing.tasks import Tasks
 from .stanza import Stanza
 from .streams.auth_limits import AuthFailureLimiter
@@ -42,6 +49,9 @@ from .streams.xmlstream import StreamLimits
 from .transports.http import HTTPService
 from .transports.limits import ConnectionLimiter, address_key
 from .transports.tcp import Flusher, RateLimit, SendLimit, StreamProtocol, listen
+
+if TYPE_CHECKING:
+    from .workers import WorkerPlace
 
 log = logging.getLogger(__name__)
 conn_log = logging.getLogger("rookery.c2s")
@@ -77,13 +87,21 @@ def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, cluster: WorkerPlace | None = None) -> None:
         self.config = config
         self.started_at = time.time()
         self.tasks = Tasks()
         self.events = EventBus()
         self.routes = RouteTable()
-        self.sessions = LocalSessionRegistry(self.events.filters)
+        #: this process's place among the workers (``workers.py``); None: the whole server in one process
+        self.place = cluster
+        #: worker 0, or the only process: the home of HTTP, components, services, metrics, control
+        self.primary = cluster is None or cluster.primary
+        self.sessions: Any = LocalSessionRegistry(self.events.filters)
+        self.cluster: ClusterSessionRegistry | None = None
+        if cluster is not None:
+            self.cluster = self.sessions = ClusterSessionRegistry(self.sessions, cluster.index, cluster.count,
+                                                                  cluster.sockets)
         self.sessions.on_detached_close = self.end_session  # a session no stream carries
         self.tables: dict[str, HandlerTable] = {}
         for domain in config.domains:
@@ -138,6 +156,8 @@ class Server:
         #: federation (``s2s.pool.S2SPool``), when ``[s2s]`` enables it
         self.s2s: Any = None
         self._remote_route: Any = None
+        #: a worker's protocol factories for connections the supervisor hands over, by listener kind
+        self._handed: dict[str, tuple[Any, Any]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -160,9 +180,12 @@ class Server:
         self.modules = ModuleManager(cfg, router=self.router, sessions=self.sessions, routes=self.routes,
                                      events=self.events, tables=self.tables, elements=self.elements,
                                      storage=self.storage, tasks=self.tasks, started_at=self.started_at,
-                                     http=self.http, secret=self.secret, c2s=self.open_c2s_stream)
+                                     http=self.http, secret=self.secret, c2s=self.open_c2s_stream,
+                                     primary=self.primary)
         await self.modules.load_all()
         self.components.install()  # after the modules: a clash with a service's subdomain is an error
+        if self.cluster is not None:
+            await self._join_cluster()
         loop = asyncio.get_running_loop()
         flusher = Flusher(loop)
         self.admission = ConnectionLimiter(self._max_connections(), cfg.limits.max_connections_per_ip,
@@ -194,8 +217,9 @@ class Server:
             pool = self.s2s
             self.status_sections["s2s"] = lambda: pool.describe() if pool is not None else []
         https_ctx = self.tls.https
-        await self.http.start(cfg.http.listen, cfg.http.tls_listen, https_ctx)
-        if cfg.metrics.active:
+        if self.primary:  # worker 0 serves HTTP (BOSH sessions live where their requests arrive)
+            await self.http.start(cfg.http.listen, cfg.http.tls_listen, https_ctx)
+        if cfg.metrics.active and self.primary:
             from .metrics import Metrics
 
             self.metrics = Metrics(self)
@@ -203,13 +227,14 @@ class Server:
             await self.metrics.start(cfg.metrics.listen, self.http)
         for scheme, addrs in self.http.addresses.items():
             self.addresses.setdefault(scheme, []).extend(addrs)
-        self._control = ControlServer(self, data_dir / SOCKET_NAME)
-        try:
-            await self._control.start()
-        except OSError as e:
-            log.warning("control socket unavailable (%s): CLI changes reach this server only via storage", e)
-            self._control = None
-        if cfg.components.secrets:  # XEP-0114: only when components are configured
+        if self.primary:
+            self._control = ControlServer(self, data_dir / SOCKET_NAME)
+            try:
+                await self._control.start()
+            except OSError as e:
+                log.warning("control socket unavailable (%s): CLI changes reach this server only via storage", e)
+                self._control = None
+        if cfg.components.secrets and self.primary:  # XEP-0114: only when components are configured
             def component_stream(t: StreamProtocol) -> ComponentStream:
                 t.set_send_limit(send_limit)  # no rate limit: a gateway carries many users' traffic
                 return ComponentStream(self.components, t, self._framer, self._limits)
@@ -224,7 +249,12 @@ class Server:
                 await self._listen("component", spec, component_factory, None)
         if cfg.c2s.keepalive_interval > 0:
             self._schedule_keepalive()
-        log.info("Rookery serving %s", ", ".join(cfg.domains))
+        if self.place is not None:
+            self._take_connections()
+            log.info("Rookery worker %d of %d serving %s", self.place.index, self.place.count,
+                     ", ".join(cfg.domains))
+        else:
+            log.info("Rookery serving %s", ", ".join(cfg.domains))
 
     async def _start_s2s(self, cert: Any, key: Any, flusher: Flusher, send_limit: SendLimit) -> None:
         """Federation (docs/federation.md): the s2s pool as the remote route, and its listeners."""
@@ -306,6 +336,11 @@ class Server:
         return self.new_c2s_stream(transport, framer)
 
     async def _listen(self, kind: str, spec: str, factory: Any, ctx: Any) -> None:
+        place = self.place
+        if place is not None:
+            # a worker: the supervisor listens and hands accepted connections over (workers.py)
+            self._handed[kind] = (factory, ctx)
+            return
         try:
             srv = await listen(spec, factory, ctx)
         except OSError as e:
@@ -337,7 +372,7 @@ class Server:
         if self.s2s is not None:
             self.s2s.close_all()
         self.components.close_all("system-shutdown", "the server is shutting down")
-        for ref in self.sessions.all():  # detached sessions have no stream to close
+        for ref in self.sessions.local_all():  # detached sessions have no stream to close
             self.sessions.close(ref)
         await self.tasks.wait(timeout)
         await asyncio.sleep(0.05)  # let the transports flush their closing bytes
@@ -348,6 +383,9 @@ class Server:
             await self.modules.stop_all()
         if self._control is not None:
             await self._control.stop()
+        if self.cluster is not None:
+            self._stop_taking_connections()
+            await self.cluster.shutdown()
         if self.storage is not None:
             await self.storage.close()
         self.stopped.set()
@@ -496,11 +534,15 @@ class Server:
         "tls",
     }
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self, broadcast: bool = True) -> dict[str, Any]:
         """``rookery reload`` / SIGHUP: read the configuration file again and apply what can change
         without dropping connections (``HOT``: logging, limits, certificates); name what needs a
-        restart.  A bad file changes nothing."""
+        restart.  A bad file changes nothing.  With workers, a reload asked of worker 0 (the control
+        socket) is passed to the others (``broadcast``)."""
         from .config import load_config
+
+        if broadcast and self.cluster is not None:
+            self.cluster.broadcast("reload")
 
         if self.config_path is None:
             new = self.config.__class__()
@@ -569,6 +611,147 @@ class Server:
             self.admission.max_per_ip = lim.max_connections_per_ip
             self.admission.max_unauthenticated_per_ip = lim.max_unauthenticated_per_ip
 
+    # -- workers (issue 12: cluster/, workers.py) -------------------------------------------------
+    async def _join_cluster(self) -> None:
+        """Wire this worker into the cluster: frames from other workers land here, and the stanzas of
+        what lives on worker 0 (internal services, external components) are routed there."""
+        cl = self.cluster
+        place = self.place
+        assert cl is not None and place is not None
+        cl.undeliverable = self._undeliverable
+        cl.route_here = self._route_here
+        cl.close_local = self._close_local
+        cl.on_lost = self._sessions_lost
+        cl.on_event = self._cluster_event
+        for kind, host, port in place.listeners:
+            self.addresses.setdefault(kind, []).append((host, port))
+        if not place.primary:
+            for domain, route in list(self.routes.by_domain.items()):
+                if route.kind in (SERVICE, COMPONENT):
+                    self.routes.by_domain[domain] = Route(domain, route.kind, forward=self._to_primary,
+                                                          name=route.name)
+        self.status_sections["workers"] = self._workers_status
+        await cl.start()
+
+    def _to_primary(self, st: Stanza) -> None:
+        assert self.cluster is not None
+        self.cluster.route_to(0, st.el)
+
+    def _route_here(self, el: Element) -> None:
+        r = self.router.send(el)
+        if r is not None:
+            self.tasks.spawn(r)
+
+    def _undeliverable(self, el: Element) -> None:
+        """A stanza another worker sent to a session of ours that has ended meanwhile: RFC 6121
+        §8.5.3.2.1 — a message goes to the account's other resources or offline storage (as a message
+        to the bare JID), an iq request is answered ``service-unavailable``, anything else is dropped."""
+        try:
+            to = JID.parse(el.get("to", ""))
+            frm = JID.parse(el.get("from", "")) if el.get("from") else None
+        except InvalidJID:
+            return
+        st = Stanza(el, frm, to)
+        if el.tag == "message" and st.type not in ("error", "groupchat"):
+            r = self.router.deliver_message(Stanza(el, frm, to.bare_jid()))
+            if r is not None:
+                self.tasks.spawn(r)
+        elif el.tag == "iq" and st.type in ("get", "set"):
+            self.router.reply(st, st.error("service-unavailable"))
+
+    def _close_local(self, session: Any, condition: str | None, text: str | None, end: bool) -> None:
+        self.sessions.local.close(session, condition, text)
+        if end and isinstance(session, Session):
+            self.end_session(session)
+
+    def _sessions_lost(self, lost: list[RemoteSession], designated: bool) -> None:
+        """A worker died with these sessions: every worker's modules forget them (``sessions-lost``);
+        one worker (``designated``) ends them as if their streams had closed — ``session-ended``: their
+        contacts get unavailable presence (RFC 6121 §4.5.3), last activity is kept …"""
+        if not lost:
+            return
+        r = self.events.fire("sessions-lost", lost)
+        if r is not None:
+            self.tasks.spawn(r)
+        if designated:
+            for ref in lost:
+                r = self.events.fire("session-ended", ref)
+                if r is not None:
+                    self.tasks.spawn(r)
+
+    def _cluster_event(self, name: str, args: list[Any]) -> None:
+        if name == "reload":
+            self.spawn(self._reload_quietly())
+            return
+        r = self.events.fire(name, *args)
+        if r is not None:
+            self.tasks.spawn(r)
+
+    async def _reload_quietly(self) -> None:
+        from .config import ConfigError
+
+        try:
+            await self.reload(broadcast=False)
+        except (ConfigError, OSError, ValueError) as e:
+            log.error("reload failed, nothing changed: %s", e)
+
+    def _workers_status(self) -> dict[str, Any]:
+        cl, place = self.cluster, self.place
+        assert cl is not None and place is not None
+        per = {str(place.index): cl.local.count()}
+        for w, refs in cl.directory.by_worker.items():
+            per[str(w)] = len(refs)
+        return {"count": place.count, "this": place.index, "connected": cl.mesh.alive(), "sessions": per}
+
+    def _take_connections(self) -> None:
+        """Read the supervisor's hand-over channel: each message is one listener kind per descriptor
+        (``workers.DISPATCHED``); the connection is served here as if this process had accepted it."""
+        from .workers import DISPATCHED
+
+        place = self.place
+        assert place is not None and place.channel is not None
+        chan = place.channel
+        chan.setblocking(False)
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            while True:
+                try:
+                    msg, fds, _, _ = socket.recv_fds(chan, 64, 64)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    msg, fds = b"", []
+                if not msg and not fds:  # the supervisor is gone: so are we
+                    loop.remove_reader(chan.fileno())
+                    log.error("the supervisor is gone: stopping")
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+                for kind, fd in zip(msg, fds, strict=False):
+                    sock = socket.socket(fileno=fd)
+                    handed = self._handed.get(DISPATCHED[kind]) if kind < len(DISPATCHED) else None
+                    if handed is None:
+                        sock.close()
+                        continue
+                    sock.setblocking(False)
+                    self.tasks.spawn(self._serve_handed(handed[0], handed[1], sock))
+
+        loop.add_reader(chan.fileno(), readable)
+
+    async def _serve_handed(self, factory: Any, ctx: Any, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(factory, sock, ssl=ctx,
+                                               ssl_handshake_timeout=30 if ctx is not None else None)
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError):
+            sock.close()
+
+    def _stop_taking_connections(self) -> None:
+        place = self.place
+        if place is not None and place.channel is not None:
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(place.channel.fileno())
+
     # -- account events ----------------------------------------------------------------------
     async def user_deleted(self, host: str, user: str) -> None:
         """An account is gone: disconnect its sessions, let modules forget it."""
@@ -576,6 +759,9 @@ class Server:
         ref: SessionRef
         ending = []
         for ref in list(self.sessions.resources(f"{user}@{host}").values()):
+            if isinstance(ref, RemoteSession):  # its worker closes and ends it
+                self.sessions.close(ref, "not-authorized", "account deleted", end=True)
+                continue
             self.sessions.close(ref, "not-authorized", "account deleted")
             if isinstance(ref, Session):  # ended now, not kept for resumption (XEP-0198)
                 ending.append(self._end_session(ref))

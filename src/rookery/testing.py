@@ -145,6 +145,103 @@ class RunningServer:
             self.loop.close()
 
 
+class ProcessServer(RunningServer):
+    """``rookery serve`` in a child process — with ``workers`` > 1, a supervisor and its workers
+    (issue 12) — with the interface of ``RunningServer``: ports come from ``rookery status`` (the
+    control socket), ``make_user`` and ``server.storage`` use the same database from a storage
+    opened in the test process (``call`` runs on its loop)."""
+
+    def __init__(self, settings: dict[str, Any], data_dir: Path) -> None:
+        settings = {"workers": 2, **settings}
+        super().__init__(settings, data_dir)
+        self.proc: Any = None
+        self.status: dict[str, Any] = {}
+        self.log_path = data_dir / "serve.log"
+
+    def start(self) -> ProcessServer:
+        import json
+        import subprocess
+        import sys
+        import time
+        import types
+
+        from .control import NotRunning, request
+        from .storage.sql import make_storage
+
+        cfg = self.config.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        path = self.data_dir / "rookery.json.toml"
+        path.write_text(_toml(cfg))
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (kept open while the server runs)
+        self.proc = subprocess.Popen([sys.executable, "-m", "rookery", "serve", "--config", str(path)],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        count = self.config.worker_count()
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rookery serve exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                st = request(self.data_dir, {"op": "status"}, timeout=5)
+                w = st.get("workers") or {}
+                if len(w.get("connected", [0])) == count:
+                    self.status = st
+                    break
+            except (NotRunning, OSError, json.JSONDecodeError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"rookery serve did not start: {self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        self._thread.start()
+        storage = make_storage(self.config.storage, str(self.config.data_path()))
+        self.call(storage.open, timeout=60)
+        addresses = {k: [(a.rpartition(":")[0].strip("[]"), int(a.rpartition(":")[2])) for a in v]
+                     for k, v in st["listeners"].items()}
+        self.server = types.SimpleNamespace(storage=storage, addresses=addresses,
+                                            cert_path=self.config.data_path() / "tls" / "rookery.crt")
+        return self
+
+    def session_count(self) -> int:
+        from .control import request
+
+        return int(sum(request(self.data_dir, {"op": "status"}, timeout=10)["sessions"].values()))
+
+    def stop(self) -> None:
+        import signal
+
+        if self.server is not None:
+            try:
+                self.call(self.server.storage.close, timeout=30)
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self._thread.join(10)
+                self.loop.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def _toml(d: dict[str, Any], prefix: str = "") -> str:
+    """A small TOML writer for the settings of ``ProcessServer`` (tables, arrays, strings, numbers)."""
+    import json
+
+    lines, tables = [], []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        else:
+            lines.append(f"{json.dumps(k)} = {json.dumps(v)}")
+    out = "\n".join(lines) + "\n"
+    for k, v in tables:
+        name = f"{prefix}.{json.dumps(k)}" if prefix else json.dumps(k)
+        out += f"\n[{name}]\n" + _toml(v, name)
+    return out
+
+
 @pytest.fixture
 def rookery_server_factory() -> Iterator[Callable[..., RunningServer]]:
     started: list[tuple[RunningServer, str]] = []

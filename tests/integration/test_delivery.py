@@ -3,8 +3,26 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 from xmpp_helpers import RawClient, error_condition
+
+from rookery.testing import ProcessServer, RunningServer
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-workers"])
+def rookery_server(request) -> Iterator[RunningServer]:
+    """Every rule holds with one process and with two workers (issue 12): with two, consecutive
+    connections land on different workers, so the resources of one account are split between them."""
+    d = tempfile.mkdtemp(prefix="rookery-delivery-")
+    s = (RunningServer({}, Path(d)) if request.param == 1 else ProcessServer({"workers": 2}, Path(d))).start()
+    yield s
+    s.stop()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 async def _sessions(server, jid, pw, prios: dict[str, int]) -> dict[str, RawClient]:

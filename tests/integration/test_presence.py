@@ -15,17 +15,21 @@ import pytest
 from xmpp_helpers import RawClient, disconnect, error_condition, slix_client
 
 from rookery.storage.base import RosterItem
-from rookery.testing import RunningServer
+from rookery.testing import ProcessServer, RunningServer
 
 C = "{jabber:client}"
 ROSTER = "{jabber:iq:roster}"
 _ids = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def im_server() -> Iterator[RunningServer]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-workers"])
+def im_server(request) -> Iterator[RunningServer]:
+    """Every presence rule holds with one process and with two workers (issue 12: consecutive
+    connections land on different workers, so contacts and resources are split between them)."""
     d = tempfile.mkdtemp(prefix="rookery-presence-")
-    s = RunningServer({"modules": ["roster", "presence"]}, Path(d)).start()
+    settings = {"modules": ["roster", "presence"]}
+    s = (RunningServer(settings, Path(d)) if request.param == 1
+         else ProcessServer({**settings, "workers": 2}, Path(d))).start()
     yield s
     s.stop()
     shutil.rmtree(d, ignore_errors=True)

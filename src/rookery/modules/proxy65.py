@@ -240,6 +240,8 @@ class Proxy65(Module):
         self.addresses: list[tuple[str, int]] = []
 
     async def start(self) -> None:
+        if not self.ctx.primary:  # with workers, worker 0 runs the proxy (its stanzas are routed there)
+            return
         loop = asyncio.get_running_loop()
         try:
             for spec in self.options.listen:

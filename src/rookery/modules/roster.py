@@ -151,6 +151,10 @@ class KeyedLocks:
                 del self._locks[key]
 
 
+#: cluster event: a roster changed on another worker (``ctx.sessions.broadcast``)
+CHANGED = "roster-changed"
+
+
 class Roster(Module):
     """RFC 6121 §2 roster management and the roster API used by the presence module."""
 
@@ -204,6 +208,7 @@ class Roster(Module):
             ver = await self.storage.roster.set_item(host, user, item)
         finally:
             self._stamps[key] = next(self._stamp)
+        self.ctx.sessions.broadcast(CHANGED, host, user)  # other workers' caches (before the push)
         c = self._cache.get(key)
         if c is not None:
             c.items[item.jid] = item
@@ -220,6 +225,7 @@ class Roster(Module):
             ver = await self.storage.roster.remove_item(host, user, contact)
         finally:
             self._stamps[key] = next(self._stamp)
+        self.ctx.sessions.broadcast(CHANGED, host, user)  # other workers' caches (before the push)
         c = self._cache.get(key)
         if c is not None:
             c.items.pop(contact, None)
@@ -262,6 +268,15 @@ class Roster(Module):
                 self._cache[key] = _Cached(ver, items)
             return ver, items
         return ver, items
+
+    @hook(CHANGED)
+    def changed_elsewhere(self, host: str, user: str) -> None:
+        """Another worker changed this roster (issue 12): what is cached here is stale; a load that
+        is reading meanwhile reads again (the stamp changed)."""
+        key = (host, user)
+        if key in self._cache or key in self._stamps:
+            self._cache.pop(key, None)
+            self._stamps[key] = next(self._stamp)
 
     def _forget(self, host: str, user: str) -> None:
         self._cache.pop((host, user), None)

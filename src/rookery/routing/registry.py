@@ -91,6 +91,20 @@ class SessionRegistry(Protocol):
         """Change a session's routing state (``priority``, ``available``, ``presence``, ``interested``)."""
         ...
 
+    def publish(self, ref: SessionRef, key: str, value: Any) -> None:
+        """Set ``ref.ext[key]`` (None: remove it) where every worker sees it: state other sessions'
+        code reads (carbons enabled, blocking pushes wanted, entity capabilities …).  JSON values."""
+        ...
+
+    def broadcast(self, name: str, *args: Any) -> None:
+        """Fire the event ``name(*args)`` on every other worker (JSON arguments): a module's cache
+        of shared data is stale there (a roster or a block list changed)."""
+        ...
+
+    def local_all(self) -> list[SessionRef]:
+        """The sessions this process holds (``all`` is every worker's)."""
+        ...
+
     def deliver(self, ref: SessionRef, el: Element) -> None: ...
 
     def deliver_many(self, refs: list[SessionRef], el: Element) -> None:
@@ -106,6 +120,8 @@ class SessionRegistry(Protocol):
 
 
 _STATE = frozenset(("priority", "available", "presence", "interested"))
+#: ``ext`` key: the names of the ``ext`` entries set with ``publish`` (replicated to other workers)
+PUBLISHED = "registry.published"
 
 
 class LocalSessionRegistry:
@@ -157,6 +173,23 @@ class LocalSessionRegistry:
             if k not in _STATE:
                 raise AttributeError(f"not a session routing attribute: {k}")
             setattr(ref, k, v)
+
+    def local_all(self) -> list[SessionRef]:
+        return self.all()
+
+    def publish(self, ref: SessionRef, key: str, value: Any) -> None:
+        ext = ref.ext
+        if value is None:
+            ext.pop(key, None)
+        else:
+            ext[key] = value
+        keys = ext.get(PUBLISHED)
+        if keys is None:
+            keys = ext[PUBLISHED] = set()
+        keys.add(key)
+
+    def broadcast(self, name: str, *args: Any) -> None:
+        return None  # one process: nobody else to tell
 
     def deliver(self, ref: SessionRef, el: Element) -> None:
         ref.send(el)  # type: ignore[attr-defined]

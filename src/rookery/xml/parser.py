@@ -63,6 +63,21 @@ def _strip(el: Element, prefix: str, plen: int) -> None:
             _strip(child, prefix, plen)
 
 
+def parse_fragment(data: bytes, content_ns: str = ns.CLIENT) -> Element:
+    """One element serialized by our own serializer (trusted input, e.g. the cluster link between
+    workers), read back as the stream parser would have given it: ``content_ns`` stripped from the
+    element and the descendants that inherit it."""
+    prefix = "{%s}" % content_ns
+    wrapper = XMLParser(target=TreeBuilder(), encoding="utf-8")
+    wrapper.feed(b"<r xmlns='" + content_ns.encode() + b"'>")
+    wrapper.feed(data)
+    wrapper.feed(b"</r>")
+    el = wrapper.close()[0]
+    if el.tag.startswith(prefix):
+        _strip(el, prefix, len(prefix))
+    return el
+
+
 def _prolog_done(buf: bytes) -> bool:
     """True once ``buf`` holds the start of the root tag; raises if something else comes first."""
     if len(buf) < 3 and (_BOM.startswith(buf) or buf in (b"\xfe", b"\xff")):
