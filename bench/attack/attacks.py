@@ -48,7 +48,8 @@ def server(extra: str = "") -> Iterator[tuple[subprocess.Popen[bytes], int, Path
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
         cfg = Path(d) / "rookery.toml"
-        cfg.write_text(f'domains = ["localhost"]\ndata_dir = "{d}/data"\nlog_level = "warning"\n{extra}\n'
+        # one process: the figures are one server process's RSS
+        cfg.write_text(f'domains = ["localhost"]\ndata_dir = "{d}/data"\nlog_level = "warning"\nworkers = 1\n{extra}\n'
                        f'[c2s]\nlisten = ["127.0.0.1:{port}"]\ndirect_tls_listen = []\nrequire_encryption = false\n'
                        f'allow_plaintext_auth = true\nmax_bytes_per_second = 0\n'
                        f'[http]\nlisten = []\ntls_listen = []\n[proxy65]\nlisten = []\n')

@@ -104,7 +104,7 @@ def session_info(ref: Any, now: float) -> dict[str, Any]:
         "mechanism": auth.get("mechanism"),
         "client": client,
         "idle": round(now - last, 1) if last is not None else None,
-        "state": "attached" if stream is not None else "detached",
+        "state": "attached" if stream is not None else ("detached" if ref.where == "local" else ref.where),
         "available": bool(ref.available),
         "priority": ref.priority,
     }
@@ -147,6 +147,8 @@ def debug(server: Server, req: dict[str, Any]) -> dict[str, Any]:
     if j.domain not in server.config.domains:
         raise ControlRequestError(f"domain {j.domain!r} is not served here")
     server.tracer.set(j.bare, bool(req.get("on", True)))
+    if server.cluster is not None:  # the account's sessions may be on any worker
+        server.cluster.broadcast("debug", j.bare, bool(req.get("on", True)))
     return {"tracing": sorted(server.tracer.jids)}
 
 
@@ -195,10 +197,12 @@ class Tracer:
         return el
 
 
-def reload_tls(server: Server, req: dict[str, Any]) -> dict[str, Any]:
+async def reload_tls(server: Server, req: dict[str, Any]) -> dict[str, Any]:
     """``rookery cert import``: load the certificate files again (open connections keep theirs)."""
     domains = server.tls.load()
     log.info("certificates reloaded (own certificates for: %s)", ", ".join(domains) or "none")
+    if server.cluster is not None:  # every worker serves TLS
+        await server.cluster.broadcast_wait("reload-tls")
     return {"domains": domains}
 
 

@@ -541,8 +541,6 @@ class Server:
         socket) is passed to the others (``broadcast``)."""
         from .config import load_config
 
-        if broadcast and self.cluster is not None:
-            self.cluster.broadcast("reload")
 
         if self.config_path is None:
             new = self.config.__class__()
@@ -585,6 +583,8 @@ class Server:
             from . import logsetup
 
             logsetup.configure(old)
+        if broadcast and self.cluster is not None:  # the other workers, once this file loaded here
+            await self.cluster.broadcast_wait("reload")
         log.info("configuration reloaded from %s: %s%s", self.config_path or "built-in defaults",
                  f"applied {', '.join(applied)}" if applied else "no change applied",
                  f"; needs a restart: {', '.join(restart)}" if restart else "")
@@ -679,13 +679,19 @@ class Server:
                 if r is not None:
                     self.tasks.spawn(r)
 
-    def _cluster_event(self, name: str, args: list[Any]) -> None:
+    def _cluster_event(self, name: str, args: list[Any]) -> Awaitable[Any] | None:
         if name == "reload":
-            self.spawn(self._reload_quietly())
-            return
+            return self._reload_quietly()
+        if name == "reload-tls":
+            self.tls.load()
+            return None
+        if name == "debug":
+            self.tracer.set(str(args[0]), bool(args[1]))
+            return None
         r = self.events.fire(name, *args)
         if r is not None:
-            self.tasks.spawn(r)
+            return self.tasks.spawn(r)  # type: ignore[no-any-return]
+        return None
 
     async def _reload_quietly(self) -> None:
         from .config import ConfigError

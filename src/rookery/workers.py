@@ -116,7 +116,7 @@ async def serve_process(cfg: Config, config_path: str | None, place: WorkerPlace
 
 
 # -- the supervisor ------------------------------------------------------------------------------
-def _bind(spec: str) -> list[socket.socket]:
+def _bind(spec: str, kind: str) -> list[socket.socket]:
     from .transports.tcp import parse_listen
 
     host, port = parse_listen(spec)
@@ -141,7 +141,8 @@ def _bind(spec: str) -> list[socket.socket]:
     except OSError as e:
         for s in out:
             s.close()
-        raise OSError(f"cannot listen on {spec}: {e.strerror or e}") from None
+        why = str(e.strerror or e)
+        raise OSError(f"cannot listen on {spec} ({kind}): {why[:1].lower()}{why[1:]}") from None
     return out
 
 
@@ -167,6 +168,7 @@ class Supervisor:
         self.sockets = cfg.data_path() / "cluster"
         self._next = 0
         self._stopping = False
+        self._accept_on = False
 
     async def prepare(self) -> None:
         """What exists once, before any worker starts (workers would race to create it)."""
@@ -188,7 +190,7 @@ class Supervisor:
             specs += [(2, s.listen), (3, s.direct_tls_listen)]
         for kind, lst in specs:
             for spec in lst:
-                for sock in _bind(spec):
+                for sock in _bind(spec, DISPATCHED[kind]):
                     self.listeners.append((kind, sock))
                     addr = sock.getsockname()
                     self.addresses.append((DISPATCHED[kind], addr[0], addr[1]))
@@ -223,8 +225,22 @@ class Supervisor:
             w.ready = True
             w.failures = 0
             log.info("worker %d ready", w.index)
+            self._accepting(True)
         elif not msg:  # the worker is gone; _watch restarts it
             self._drop_channel(w)
+
+    def _accepting(self, ready: bool) -> None:
+        """Accept while a worker is ready to take connections; meanwhile they wait in the backlog."""
+        want = ready or any(w.ready for w in self.workers)
+        if want == self._accept_on or self._stopping:
+            return
+        self._accept_on = want
+        loop = asyncio.get_running_loop()
+        for kind, lsock in self.listeners:
+            if want:
+                loop.add_reader(lsock.fileno(), self._accept, kind, lsock)
+            else:
+                loop.remove_reader(lsock.fileno())
 
     def _drop_channel(self, w: _Worker) -> None:
         w.ready = False
@@ -233,6 +249,7 @@ class Supervisor:
                 asyncio.get_running_loop().remove_reader(w.channel.fileno())
             w.channel.close()
             w.channel = None
+        self._accepting(False)
 
     def _accept(self, kind: int, lsock: socket.socket) -> None:
         for _ in range(256):  # bounded per wake-up: the other listeners get their turn
@@ -256,7 +273,8 @@ class Supervisor:
                 continue
             try:
                 socket.send_fds(w.channel, [bytes([kind])], [conn.fileno()])
-            except OSError:
+            except OSError as e:
+                log.warning("worker %d did not take a connection (%s)", w.index, e.strerror or e)
                 continue
             self._next = (w.index + 1) % n
             return
@@ -271,8 +289,6 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGUSR1, self._signal_all, signal.SIGUSR1)
         for w in self.workers:
             self._spawn(w)
-        for kind, lsock in self.listeners:
-            loop.add_reader(lsock.fileno(), self._accept, kind, lsock)
         while not stop.is_set():
             self._watch()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -280,7 +296,8 @@ class Supervisor:
         log.info("shutting down %d workers", self.count)
         self._stopping = True
         for _, lsock in self.listeners:
-            loop.remove_reader(lsock.fileno())
+            if self._accept_on:
+                loop.remove_reader(lsock.fileno())
             lsock.close()
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT

@@ -110,6 +110,7 @@ async def test_out_of_file_descriptors_is_a_few_log_lines_and_service_resumes(tm
     config = tmp_path / "rookery.toml"
     config.write_text(f'domains = ["localhost"]\ndata_dir = "{data}"\nlog_level = "info"\n'
                       f'event_loop = "{event_loop}"\n'
+                      'workers = 1\n'
                       f'[c2s]\nlisten = ["127.0.0.1:{port}"]\ndirect_tls_listen = []\n'
                       f'[http]\nlisten = []\ntls_listen = []\n[proxy65]\nlisten = []\n'
                       f'[limits]\nmax_connections = 1000\nmax_connections_per_ip = 0\n'

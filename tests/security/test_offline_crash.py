@@ -38,7 +38,8 @@ class Serve:
         self.data = directory / "data"
         self.config = directory / "rookery.toml"
         self.config.write_text(
-            f'domains = ["localhost"]\ndata_dir = "{self.data}"\nlog_level = "warning"\n'
+            # one process: SIGKILL takes the sessions' holder down (a worker's death: tests/integration/test_workers.py)
+            f'domains = ["localhost"]\ndata_dir = "{self.data}"\nlog_level = "warning"\nworkers = 1\n'
             f'[c2s]\nlisten = ["127.0.0.1:{self.port}"]\ndirect_tls_listen = []\nmax_bytes_per_second = 0\n'
             f'[http]\nlisten = []\ntls_listen = []\n[proxy65]\nlisten = []\n')
         self.log = directory / "serve.log"

@@ -25,7 +25,7 @@ N = 100
 def test_idle_tls_connection_memory(tmp_path: Path) -> None:
     c2s, direct = tls_memory.free_port(), tls_memory.free_port()
     cfg = tmp_path / "rookery.toml"
-    cfg.write_text(f'domains = ["localhost"]\ndata_dir = "{tmp_path}/data"\nlog_level = "warning"\n'
+    cfg.write_text(f'domains = ["localhost"]\ndata_dir = "{tmp_path}/data"\nlog_level = "warning"\nworkers = 1\n'
                    f'[c2s]\nlisten = ["127.0.0.1:{c2s}"]\ndirect_tls_listen = ["127.0.0.1:{direct}"]\n'
                    f'[http]\nlisten = []\ntls_listen = []\n'
                    f'[limits]\nmax_connections_per_ip = 0\nmax_unauthenticated_per_ip = 0\n')

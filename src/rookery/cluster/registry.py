@@ -18,6 +18,9 @@ there, ``R`` stanza to route there (a service's home worker), ``C`` close a sess
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import itertools
 import json
 import logging
 import time
@@ -35,7 +38,7 @@ from .link import Mesh
 
 log = logging.getLogger(__name__)
 
-A, D, S, R, C, E = (ord(c) for c in "ADSRCE")
+A, D, S, R, C, E, K = (ord(c) for c in "ADSRCEK")
 #: bind order of a local session (``ext``)
 SEQ = "cluster.seq"
 
@@ -61,9 +64,12 @@ class ClusterSessionRegistry:
         self.close_local: Callable[[Any, str | None, str | None, bool], None] = _nothing
         #: set by the server: sessions of a worker that died; ``designated``: this worker speaks for them
         self.on_lost: Callable[[list[RemoteSession], bool], None] = _nothing
-        #: set by the server: a cluster event (``broadcast``) from another worker
-        self.on_event: Callable[[str, list[Any]], None] = _nothing
+        #: set by the server: a cluster event (``broadcast``) from another worker; may return an
+        #: awaitable (``broadcast_wait`` waits for it)
+        self.on_event: Callable[[str, list[Any]], Any] = _nothing
         self._bind_clock = 0.0
+        self._acks: dict[int, tuple[set[int], asyncio.Future[None]]] = {}
+        self._ack_ids = itertools.count(1)
 
     @property
     def on_detached_close(self) -> Any:
@@ -98,6 +104,10 @@ class ClusterSessionRegistry:
             self.mesh.send(peer, A, self._state(s))
 
     def peer_down(self, peer: int) -> None:
+        for waiting, fut in self._acks.values():  # a worker that is gone answers nothing
+            waiting.discard(peer)
+            if not waiting and not fut.done():
+                fut.set_result(None)
         lost = self.directory.drop_worker(peer)
         alive = [i for i in self.mesh.alive() if i != peer]
         designated = bool(alive) and alive[0] == self.index
@@ -156,19 +166,37 @@ class ClusterSessionRegistry:
         return self.local.all()
 
     def update(self, ref: SessionRef, **state: Any) -> None:
-        if isinstance(ref, RemoteSession):
-            raise ValueError(f"{ref.jid} is held by worker {ref.worker}: only that worker changes it")
+        """A remote ref changes only here (the session of a dead worker being ended for it): its
+        holder is the one that announces."""
         self.local.update(ref, **state)
-        self._announce(ref)
+        if not isinstance(ref, RemoteSession):
+            self._announce(ref)
 
     def publish(self, ref: SessionRef, key: str, value: Any) -> None:
-        if isinstance(ref, RemoteSession):
-            raise ValueError(f"{ref.jid} is held by worker {ref.worker}: only that worker changes it")
         self.local.publish(ref, key, value)
-        self._announce(ref)
+        if not isinstance(ref, RemoteSession):
+            self._announce(ref)
 
     def broadcast(self, name: str, *args: Any) -> None:
         self.mesh.broadcast(E, json.dumps([name, list(args)], separators=(",", ":")).encode())
+
+    async def broadcast_wait(self, name: str, *args: Any, timeout: float = 15.0) -> list[int]:
+        """``broadcast``, then wait until every connected worker has handled the event (awaited what
+        its handler returned): what an operator's command (``reload``, ``cert import``) must see done
+        everywhere before it answers.  Returns the workers that did not answer in time."""
+        peers = set(self.mesh.peers)
+        if not peers:
+            return []
+        rid = next(self._ack_ids)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks[rid] = (peers, fut)
+        self.mesh.broadcast(E, json.dumps([name, list(args), rid], separators=(",", ":")).encode())
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            pass
+        left = sorted(self._acks.pop(rid, (set(), fut))[0])
+        return left
 
     def deliver(self, ref: SessionRef, el: Element) -> None:
         if ref.__class__ is RemoteSession:
@@ -232,10 +260,28 @@ class ClusterSessionRegistry:
             if s is not None:
                 self.close_local(s, req.get("c"), req.get("t"), bool(req.get("e")))
         elif ftype == E:
-            name, args = json.loads(payload)
-            self.on_event(name, args)
+            msg = json.loads(payload)
+            r = self.on_event(msg[0], msg[1])
+            if len(msg) > 2:  # broadcast_wait: answer once handled
+                if inspect.isawaitable(r):
+                    asyncio.ensure_future(self._ack_after(peer, msg[2], r))
+                else:
+                    self.mesh.send(peer, K, str(msg[2]).encode())
+        elif ftype == K:
+            entry = self._acks.get(int(payload))
+            if entry is not None:
+                entry[0].discard(peer)
+                if not entry[0] and not entry[1].done():
+                    entry[1].set_result(None)
         else:
             log.error("cluster link: unknown frame %r from worker %d", ftype, peer)
+
+    async def _ack_after(self, peer: int, rid: int, aw: Any) -> None:
+        try:
+            await aw
+        except Exception:
+            log.exception("cluster event handler failed")
+        self.mesh.send(peer, K, str(rid).encode())
 
     def _state_from(self, peer: int, d: dict[str, Any]) -> None:
         jid = JID.parse(d["j"])
