@@ -8,7 +8,9 @@ in a temporary directory, so test code and clients (slixmpp, raw sockets) are in
         ... connect to ("127.0.0.1", rookery_server.c2s_port) ...
 
 ``rookery_server_factory(**overrides)`` starts one with other settings, e.g.
-``rookery_server_factory(c2s={"legacy_auth": True})``.
+``rookery_server_factory(c2s={"legacy_auth": True})``; with ``workers=2`` (or more) it runs
+``rookery serve`` with that many worker processes in a child process (``ProcessServer``: the same
+ports, ``make_user`` and ``server.storage``; no access to the server's objects).
 """
 
 from __future__ import annotations
@@ -248,7 +250,9 @@ def rookery_server_factory() -> Iterator[Callable[..., RunningServer]]:
 
     def make(**settings: Any) -> RunningServer:
         d = tempfile.mkdtemp(prefix="rookery-test-")
-        s = RunningServer(settings, Path(d)).start()
+        # workers > 1: ``rookery serve`` in a child process (ProcessServer); else a server in a thread
+        many = settings.get("workers", 1) not in (1, None)
+        s = (ProcessServer(settings, Path(d)) if many else RunningServer(settings, Path(d))).start()
         started.append((s, d))
         return s
 

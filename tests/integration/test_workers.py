@@ -224,3 +224,19 @@ def test_sigterm_stops_every_worker_and_closes_streams_with_system_shutdown(tmp_
             assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     finally:
         s.stop()
+
+
+async def test_federation_with_a_two_worker_server(rookery_server_factory):
+    """Incoming and outgoing server-to-server streams on any worker: dialback keys are derived from
+    the shared server secret, so whichever worker the remote server's verification reaches can answer."""
+    from s2s_helpers import federated_pair, subscribe_and_chat
+
+    def factory(**kw):  # noqa: ANN003, ANN202
+        return rookery_server_factory(**kw, **({"workers": 2} if kw["domains"] == ["a.example"] else {}))
+
+    sa, sb = federated_pair(factory)
+    assert isinstance(sa, ProcessServer)
+    for _ in range(2):  # users of both workers of a.example
+        a_jid, a_pw = sa.make_user()
+        b_jid, b_pw = sb.make_user()
+        await subscribe_and_chat(sa, a_jid, a_pw, sb, b_jid, b_pw)
