@@ -239,12 +239,13 @@ class ClusterSessionRegistry:
     def frame(self, peer: int, ftype: int, payload: bytes) -> None:
         if ftype == S:
             full, _, data = payload.partition(b"\n")
-            el = parse_fragment(data)
-            s = self.local.get(JID.parse(full.decode()))
-            if s is not None:
-                s.send(el)  # type: ignore[attr-defined]
+            s: Any = self.local.get(JID.parse(full.decode()))
+            if s is None:
+                self.undeliverable(parse_fragment(data))
+            elif s.attached and not self.local.filtering:
+                s.send_data(data.decode())  # written as serialized there: no parse, no serialization
             else:
-                self.undeliverable(el)
+                s.send(parse_fragment(data))
         elif ftype == R:
             self.route_here(parse_fragment(payload))
         elif ftype == A:

@@ -135,6 +135,11 @@ class LocalSessionRegistry:
         #: called for ``close`` of a session no stream carries (the server ends it)
         self.on_detached_close: Callable[[Any], None] | None = None
 
+    @property
+    def filtering(self) -> bool:
+        """Whether an outbound filter is installed (then every element goes through ``send``)."""
+        return bool(self._filters)
+
     def add(self, session: Any) -> SessionRef | None:
         jid: JID = session.jid
         assert jid.resource is not None
