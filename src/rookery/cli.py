@@ -567,8 +567,13 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"connections: {r['connections']}")
     print(f"memory: {_bytes(r['memory_rss'])} RSS")
     print(f"storage: {r['storage']}")
+    w = r.get("workers")
+    if isinstance(w, dict):  # workers > 1: worker 0 answers; sessions are every worker's
+        per = ", ".join(f"worker {i}: {n}" for i, n in sorted(w["sessions"].items()))
+        print(f"workers: {w['count']} (supervisor pid {w.get('supervisor')}; this is worker {w['this']}; "
+              f"connected: {', '.join(map(str, w['connected']))}); sessions {per}")
     known = {"ok", "version", "pid", "uptime", "domains", "listeners", "sessions", "connections", "memory_rss",
-             "storage"}
+             "storage", "workers"}
     for name, value in r.items():  # sections added by s2s, components, HTTP ...
         if name not in known:
             print(f"{name}: {value if not isinstance(value, (list, dict)) or value else 'none'}")

@@ -707,7 +707,8 @@ class Server:
         per = {str(place.index): cl.local.count()}
         for w, refs in cl.directory.by_worker.items():
             per[str(w)] = len(refs)
-        return {"count": place.count, "this": place.index, "connected": cl.mesh.alive(), "sessions": per}
+        return {"count": place.count, "this": place.index, "supervisor": os.getppid(), "connected": cl.mesh.alive(),
+                "sessions": per}
 
     def _take_connections(self) -> None:
         """Read the supervisor's hand-over channel: each message is one listener kind per descriptor

@@ -83,6 +83,11 @@ async def test_connections_are_shared_out_and_the_directory_sees_both_workers(cl
     assert st["workers"]["count"] == 2 and st["workers"]["connected"] == [0, 1]
     assert st["workers"]["sessions"] == {"0": 2, "1": 2}
     assert sum(st["sessions"].values()) == 4
+    cfg = next(cluster.data_dir.glob("*.toml"))
+    out = subprocess.run([sys.executable, "-m", "rookery", "status", "--config", str(cfg)], capture_output=True,
+                         text=True, timeout=60).stdout
+    assert f"workers: 2 (supervisor pid {cluster.proc.pid}; this is worker 0; connected: 0, 1); " \
+           "sessions worker 0: 2, worker 1: 2" in out, out
     for c in clients:
         await c.close()
 
