@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from xml.etree.ElementTree import Element
 
 from . import admin, server_secret, tls
+from .cluster import DISPATCHED
 from .cluster.directory import RemoteSession
 from .cluster.registry import ClusterSessionRegistry
 from .components import Components
@@ -336,9 +337,8 @@ class Server:
         return self.new_c2s_stream(transport, framer)
 
     async def _listen(self, kind: str, spec: str, factory: Any, ctx: Any) -> None:
-        place = self.place
-        if place is not None:
-            # a worker: the supervisor listens and hands accepted connections over (workers.py)
+        if self.place is not None and kind in DISPATCHED:
+            # a worker: the supervisor listens and hands accepted connections over (workers.DISPATCHED)
             self._handed[kind] = (factory, ctx)
             return
         try:
@@ -713,8 +713,6 @@ class Server:
     def _take_connections(self) -> None:
         """Read the supervisor's hand-over channel: each message is one listener kind per descriptor
         (``workers.DISPATCHED``); the connection is served here as if this process had accepted it."""
-        from .workers import DISPATCHED
-
         place = self.place
         assert place is not None and place.channel is not None
         chan = place.channel

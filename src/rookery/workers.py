@@ -33,12 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cluster import DISPATCHED
 from .config import Config
 
 log = logging.getLogger("rookery.workers")
 
-#: the listener kinds the supervisor accepts for and hands to workers, by their index in a hand-over
-DISPATCHED = ("c2s", "c2s_direct_tls", "s2s", "s2s_direct_tls")
 READY = b"ready"
 STOP_TIMEOUT = 20.0
 

@@ -245,3 +245,33 @@ async def test_federation_with_a_two_worker_server(rookery_server_factory):
         a_jid, a_pw = sa.make_user()
         b_jid, b_pw = sb.make_user()
         await subscribe_and_chat(sa, a_jid, a_pw, sb, b_jid, b_pw)
+
+
+async def test_a_component_on_worker_0_serves_users_of_every_worker(rookery_server_factory):
+    """XEP-0114 components connect to worker 0; a user's stanza to the component domain from any
+    worker is routed there, and the component's answers reach the user on whichever worker."""
+    from rookery.streams.component import handshake_digest
+
+    s = rookery_server_factory(workers=2, components={"secrets": {"gw.localhost": "pw"}})
+    comp = await RawClient().connect(s.component_port)
+    comp.send("<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' "
+              "xmlns:stream='http://etherx.jabber.org/streams' to='gw.localhost'>")
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 5
+    while comp.header is None:
+        await comp._fill(max(0.01, end - loop.time()))
+    comp.send(f"<handshake>{handshake_digest(comp.header.get('id'), 'pw')}</handshake>")
+    assert (await comp.recv()).tag.endswith("handshake")
+    users = []
+    for worker in ("attached", "worker 1"):
+        jid, pw = s.make_user()
+        users.append(await login_on(s, jid, pw, "r", worker))
+    for i, u in enumerate(users):
+        u.send(f"<message to='bot@gw.localhost' type='chat' id='c{i}'><body>hi</body></message>")
+        m = await comp.recv_until(lambda e, i=i: e.tag.endswith("message") and e.get("id") == f"c{i}")
+        assert m.get("from") == u.jid
+        comp.send(f"<message from='bot@gw.localhost' to='{u.jid}' type='chat' id='r{i}'><body>yo</body></message>")
+        back = await u.recv_until(lambda e: e.tag == C + "message")
+        assert back.get("id") == f"r{i}" and back.get("from") == "bot@gw.localhost"
+    for x in (*users, comp):
+        await x.close()

@@ -9,3 +9,7 @@
 
 A multi-node cluster keeps these shapes: the directory moves to Redis, the link to TCP between nodes.
 """
+
+#: the listener kinds whose connections the supervisor accepts and hands to workers (``workers.py``),
+#: by their index in a hand-over message
+DISPATCHED = ("c2s", "c2s_direct_tls", "s2s", "s2s_direct_tls")
