@@ -154,6 +154,7 @@ class _Worker:
         self.started = 0.0
         self.failures = 0  # quick deaths in a row (back-off)
         self.restart_at = 0.0
+        self.ever_ready = False
 
 
 class Supervisor:
@@ -168,6 +169,7 @@ class Supervisor:
         self._next = 0
         self._stopping = False
         self._accept_on = False
+        self.failed = False
 
     async def prepare(self) -> None:
         """What exists once, before any worker starts (workers would race to create it)."""
@@ -221,7 +223,7 @@ class Supervisor:
         except OSError:
             msg = b""
         if msg == READY:
-            w.ready = True
+            w.ready = w.ever_ready = True
             w.failures = 0
             log.info("worker %d ready", w.index)
             self._accepting(True)
@@ -289,7 +291,9 @@ class Supervisor:
         for w in self.workers:
             self._spawn(w)
         while not stop.is_set():
-            self._watch()
+            if not self._watch():
+                stop.set()
+                self.failed = True
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
         log.info("shutting down %d workers", self.count)
@@ -308,10 +312,12 @@ class Supervisor:
                 w.proc.kill()
                 w.proc.wait()
             self._drop_channel(w)
-        return 0
+        return 1 if self.failed else 0
 
-    def _watch(self) -> None:
-        """Restart workers that died (after 0.2 s, up to 10 s when one keeps dying within 10 s of start)."""
+    def _watch(self) -> bool:
+        """Restart workers that died (after 0.2 s, up to 10 s when one keeps dying within 10 s of start).
+        False when a worker died before it was ever ready: the server cannot start (its own error line
+        says why), so everything stops."""
         now = time.monotonic()
         for w in self.workers:
             if w.proc is None:
@@ -319,6 +325,10 @@ class Supervisor:
             code = w.proc.poll()
             if code is None:
                 continue
+            if not w.ever_ready:
+                self._drop_channel(w)
+                log.error("worker %d could not start: stopping", w.index)
+                return False
             if w.restart_at == 0.0:
                 self._drop_channel(w)
                 quick = now - w.started < 10
@@ -330,6 +340,7 @@ class Supervisor:
             elif now >= w.restart_at:
                 w.restart_at = 0.0
                 self._spawn(w)
+        return True
 
     def _signal_all(self, sig: int) -> None:
         for w in self.workers:
@@ -369,8 +380,9 @@ def _worker_main(argv: list[str]) -> int:
                         [(k, h, int(port)) for k, h, port in json.loads(a.listeners)])
     try:
         return int(event_loop_runner(cfg.event_loop)(serve_process(cfg, a.config, place)))
-    except Exception as e:
-        logging.getLogger("rookery").error("worker %d cannot run: %s", a.index, str(e).splitlines()[0] if str(e) else e)
+    except Exception as e:  # the same one line as a single-process start-up failure (cli.py)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"rookery: error: worker {a.index}: {first}", file=sys.stderr)
         return 1
 
 

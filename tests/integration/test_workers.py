@@ -275,3 +275,26 @@ async def test_a_component_on_worker_0_serves_users_of_every_worker(rookery_serv
         assert back.get("id") == f"r{i}" and back.get("from") == "bot@gw.localhost"
     for x in (*users, comp):
         await x.close()
+
+
+def test_a_worker_that_cannot_start_stops_the_server_with_its_error(tmp_path):
+    """Worker 0 cannot listen on its HTTP port: the supervisor does not restart it forever, it stops
+    everything and exits 1; the worker's one line says why (as a single process would)."""
+    import socket as so
+
+    taken = so.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    cfg = tmp_path / "rookery.toml"
+    cfg.write_text(f'domains = ["localhost"]\ndata_dir = "{tmp_path}/data"\nworkers = 2\n'
+                   '[c2s]\nlisten = ["127.0.0.1:0"]\ndirect_tls_listen = []\n'
+                   f'[http]\nlisten = ["127.0.0.1:{port}"]\ntls_listen = []\n[proxy65]\nlisten = []\n')
+    try:
+        r = subprocess.run([sys.executable, "-m", "rookery", "serve", "--config", str(cfg)], capture_output=True,
+                           text=True, timeout=120)
+    finally:
+        taken.close()
+    assert r.returncode == 1
+    assert f"rookery: error: worker 0: cannot listen on 127.0.0.1:{port} (http)" in r.stderr, r.stderr
+    assert "address already in use" in r.stderr
