@@ -22,7 +22,7 @@ def free_port() -> int:
 
 def test_compare_quick_rookery(tmp_path: Path) -> None:
     out = tmp_path / "compare.json"
-    offset = free_port() - 35222  # bench/compare's Rookery port is 35222 + --port-offset
+    offset = free_port() - 29222  # bench/compare's Rookery port is 29222 + --port-offset
     cmd = [sys.executable, str(ROOT / "bench" / "compare"), "--servers", "rookery", "--modes", "pinned",
            "--quick", "--repeat", "1", "--connections", "60,120", "--duration", "1", "--no-install",
            "--rookery-python", sys.executable, "--state", str(tmp_path / "state"),
