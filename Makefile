@@ -39,13 +39,13 @@ run: $(RUNTIME) $(WEB_CLIENT)
 STRICT := src/rookery/xml src/rookery/jid.py src/rookery/streams src/rookery/routing src/rookery/module.py
 
 test: $(STAMP) $(WEB_CLIENT)
-	$(VENV)/bin/ruff check src tests bench fuzz
+	$(VENV)/bin/ruff check src tests bench bench/compare fuzz
 	$(VENV)/bin/mypy src/rookery
 	$(VENV)/bin/mypy --strict $(STRICT)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench fuzz
+	$(VENV)/bin/ruff check src tests bench bench/compare fuzz
 	$(VENV)/bin/mypy src/rookery
 	$(VENV)/bin/mypy --strict $(STRICT)
 

@@ -369,9 +369,32 @@ class Conn(asyncio.Protocol):
 # --------------------------------------------------------------------------------------------------
 
 
-def read_rss_kib(pid: int | None) -> int | None:
-    if not pid:
-        return None
+SERVER_TREE = False  # --server-tree: the server's figures are summed over its process tree
+
+
+def server_pids(pid: int) -> list[int]:
+    """``pid``, plus all its descendants with ``--server-tree`` (a server with worker processes)."""
+    if not SERVER_TREE:
+        return [pid]
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def _rss_one(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -382,19 +405,33 @@ def read_rss_kib(pid: int | None) -> int | None:
     return None
 
 
+def read_rss_kib(pid: int | None) -> int | None:
+    """The server's VmRSS (with ``--server-tree``: the sum over the process and its descendants)."""
+    if not pid:
+        return None
+    main = _rss_one(pid)
+    if main is None:
+        return None
+    return main + sum(_rss_one(p) or 0 for p in server_pids(pid)[1:])
+
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def proc_cpu_s(pid: int | None) -> float | None:
-    """utime + stime of a process, in seconds."""
+    """utime + stime of a process (with ``--server-tree``: of its process tree), in seconds."""
     if not pid:
         return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return None
+    total = 0.0
+    for i, p in enumerate(server_pids(pid)):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        except (OSError, IndexError, ValueError):
+            if i == 0:
+                return None
+    return total
 
 
 def host_busy_s() -> float | None:
@@ -930,6 +967,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=100, help="unacknowledged messages in flight per pair")
     p.add_argument("--body-size", type=int, default=100, help="characters in each message body")
     p.add_argument("--server-pid", type=int, default=None, help="server PID, to read its VmRSS")
+    p.add_argument(
+        "--server-tree",
+        action="store_true",
+        help="sum RSS and CPU over the server PID and all its descendants (worker processes)",
+    )
     p.add_argument("--label", default=None, help="'server' field of the result (default host:port)")
     p.add_argument(
         "--tls", action="store_true", help="use STARTTLS (always used when the server requires it)"
@@ -970,9 +1012,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global QUIET
+    global QUIET, SERVER_TREE
     args = parse_args(argv)
     QUIET = args.quiet
+    SERVER_TREE = args.server_tree
     raise_fd_limit(args.connections)
     result, code = asyncio.run(amain(args))
     out = json.dumps(result)

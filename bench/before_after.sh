@@ -3,15 +3,15 @@
 # alternately in two checkouts (base, new, base, new, ...), each from its own directory with its own
 # .venv, copies every run's result aside, and prints a side-by-side min-max table.
 #
-#   bench/compare.sh                                  # BASE=../rookery-before NEW=. REPEAT=2
-#   REPEAT=3 QUIET_WAIT=120 bench/compare.sh
-#   BASE=. NEW=. REPEAT=1 bench/compare.sh   # self-test (A/A)
-#   bench/compare.sh --table-only [OUT]               # only re-print the table of an earlier session
+#   bench/before_after.sh                                  # BASE=../rookery-before NEW=. REPEAT=2
+#   REPEAT=3 QUIET_WAIT=120 bench/before_after.sh
+#   BASE=. NEW=. REPEAT=1 bench/before_after.sh   # self-test (A/A)
+#   bench/before_after.sh --table-only [OUT]               # only re-print the table of an earlier session
 #
 # Environment:
 #   BASE, NEW    checkouts (each needs bench/run.sh and .venv/bin/python able to import rookery)
 #   REPEAT       runs per side (default 2); the order is base,new,base,new,...
-#   OUT          where results go (default bench/.compare/<timestamp> of the checkout it runs from); each run in <side>-<i>/
+#   OUT          where results go (default bench/.before_after/<timestamp> of the checkout it runs from); each run in <side>-<i>/
 #   BASE_PY, NEW_PY   override each side's Python (default <checkout>/.venv/bin/python)
 #   N CLIENTS DURATION RATE QUIET_WAIT SERVER_CPU CLIENT_CPU PY   passed through to bench/run.sh
 #   FORCE=1      go on despite failed pre-flight checks (differing bench/ tools, import failures)
@@ -85,11 +85,11 @@ EOF
 }
 
 if [ "${1:-}" = "--table-only" ]; then
-    table "${2:-${OUT:-$(ls -d bench/.compare/*/ 2>/dev/null | sort | tail -1)}}"
+    table "${2:-${OUT:-$(ls -d bench/.before_after/*/ 2>/dev/null | sort | tail -1)}}"
     exit $?
 fi
 
-OUT=${OUT:-$(pwd)/bench/.compare/$(date +%Y%m%d-%H%M%S)}
+OUT=${OUT:-$(pwd)/bench/.before_after/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 fail=0
 
