@@ -623,6 +623,7 @@ class Server:
         cl.close_local = self._close_local
         cl.on_lost = self._sessions_lost
         cl.on_event = self._cluster_event
+        cl.on_remote = self._remote_session
         for kind, host, port in place.listeners:
             self.addresses.setdefault(kind, []).append((host, port))
         if not place.primary:
@@ -678,6 +679,13 @@ class Server:
                 r = self.events.fire("session-ended", ref)
                 if r is not None:
                     self.tasks.spawn(r)
+
+    def _remote_session(self, ref: RemoteSession, gone: bool) -> None:
+        """Another worker's session was announced (``session-announced``: bound, or its state or
+        published ``ext`` changed) or is gone (``session-gone``: ended, replaced, its worker died)."""
+        r = self.events.fire("session-gone" if gone else "session-announced", ref)
+        if r is not None:
+            self.tasks.spawn(r)
 
     def _cluster_event(self, name: str, args: list[Any]) -> None:
         if name == "reload":

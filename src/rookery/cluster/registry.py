@@ -13,11 +13,15 @@
   with it (their contacts get unavailable presence from one surviving worker).
 
 Frame types on the link: ``A`` session state (JSON), ``D`` session gone, ``S`` stanza for a session
-there, ``R`` stanza to route there (a service's home worker), ``C`` close a session, ``E`` event.
+there, ``R`` stanza to route there (a service's home worker), ``C`` close a session, ``E`` event, ``Q``/``P``
+request/response of an RPC (``call``: e.g. the XEP-0198 hand-over of a detached session).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import itertools
 import json
 import logging
 import time
@@ -35,7 +39,7 @@ from .link import Mesh
 
 log = logging.getLogger(__name__)
 
-A, D, S, R, C, E = (ord(c) for c in "ADSRCE")
+A, D, S, R, C, E, Q, P = (ord(c) for c in "ADSRCEQP")
 #: bind order of a local session (``ext``)
 SEQ = "cluster.seq"
 
@@ -63,6 +67,12 @@ class ClusterSessionRegistry:
         self.on_lost: Callable[[list[RemoteSession], bool], None] = _nothing
         #: set by the server: a cluster event (``broadcast``) from another worker
         self.on_event: Callable[[str, list[Any]], None] = _nothing
+        #: set by the server: another worker's session was announced (``gone``: False) or is gone (True)
+        self.on_remote: Callable[[RemoteSession, bool], None] = _nothing
+        #: RPC handlers (``call`` from another worker): name -> fn(payload) -> reply (JSON), or awaitable
+        self.rpc_handlers: dict[str, Callable[[Any], Any]] = {}
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._call_ids = itertools.count(1)
         self._bind_clock = 0.0
 
     @property
@@ -104,6 +114,11 @@ class ClusterSessionRegistry:
         if lost:
             log.warning("worker %d is gone with %d session(s)%s", peer, len(lost),
                         ": this worker announces their end" if designated else "")
+        for ref in lost:
+            self.on_remote(ref, True)
+        for fut in list(self._calls.values()):  # calls to that worker will not be answered
+            if getattr(fut, "worker", None) == peer and not fut.done():
+                fut.set_exception(ConnectionError(f"worker {peer} is gone"))
         self.on_lost(lost, designated)
 
     # -- SessionRegistry -----------------------------------------------------------------------
@@ -118,6 +133,7 @@ class ClusterSessionRegistry:
             # the same full JID on another worker: ours is the later bind; that worker closes its
             # session when our announcement reaches it (the same rule runs there)
             self.directory.remove(jid, other.worker)
+            self.on_remote(other, True)
         self._announce(session)
         return old
 
@@ -223,9 +239,15 @@ class ClusterSessionRegistry:
             self._state_from(peer, json.loads(payload))
         elif ftype == D:
             try:
-                self.directory.remove(JID.parse(payload.decode()), peer)
+                gone = self.directory.remove(JID.parse(payload.decode()), peer)
             except InvalidJID:
-                pass
+                gone = None
+            if gone is not None:
+                self.on_remote(gone, True)
+        elif ftype == Q:
+            self._answer(peer, json.loads(payload))
+        elif ftype == P:
+            self._answered(json.loads(payload))
         elif ftype == C:
             req = json.loads(payload)
             s = self.local.get(JID.parse(req["j"]))
@@ -256,4 +278,64 @@ class ClusterSessionRegistry:
         x = d.get("x")
         ref.presence = parse_fragment(x.encode()) if x else None
         ref.ext = dict(d.get("e") or {})
-        self.directory.put(ref)
+        replaced = self.directory.put(ref)
+        if replaced is not None:
+            self.on_remote(replaced, True)
+        self.on_remote(ref, False)
+
+    # -- RPC (request ``Q`` / response ``P``) -------------------------------------------------------
+    async def call(self, worker: int, name: str, payload: Any, timeout: float = 5.0) -> Any:
+        """Run the handler ``name`` (``rpc_handlers``) on ``worker`` with ``payload`` (JSON) and return its
+        reply.  Raises ``TimeoutError``, ``ConnectionError`` (that worker is gone or not connected) or
+        ``RuntimeError`` (the handler failed there, or there is none)."""
+        if worker not in self.mesh.peers:
+            raise ConnectionError(f"worker {worker} is not connected")
+        cid = next(self._call_ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.worker = worker  # type: ignore[attr-defined]
+        self._calls[cid] = fut
+        try:
+            self.mesh.send(worker, Q, json.dumps({"i": cid, "n": name, "p": payload}).encode())
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._calls.pop(cid, None)
+
+    def _answer(self, peer: int, req: dict[str, Any]) -> None:
+        cid, name = req.get("i"), req.get("n", "")
+        fn = self.rpc_handlers.get(name)
+
+        def reply(ok: bool, value: Any) -> None:
+            self.mesh.send(peer, P, json.dumps({"i": cid, "ok": ok, "r": value}).encode())
+
+        if fn is None:
+            reply(False, f"no handler {name!r}")
+            return
+        try:
+            r = fn(req.get("p"))
+        except Exception as e:
+            log.exception("cluster RPC %s failed", name)
+            reply(False, str(e))
+            return
+        if not inspect.isawaitable(r):
+            reply(True, r)
+            return
+
+        async def later() -> None:
+            try:
+                value = await r
+            except Exception as e:
+                log.exception("cluster RPC %s failed", name)
+                reply(False, str(e))
+                return
+            reply(True, value)
+
+        asyncio.ensure_future(later())
+
+    def _answered(self, resp: dict[str, Any]) -> None:
+        fut = self._calls.get(resp.get("i", 0))
+        if fut is None or fut.done():
+            return  # timed out meanwhile
+        if resp.get("ok"):
+            fut.set_result(resp.get("r"))
+        else:
+            fut.set_exception(RuntimeError(str(resp.get("r"))))
