@@ -776,6 +776,9 @@ class Server:
         for r in ending:
             if r is not None:
                 await r
+        # the other workers' modules forget what they cache of it (issue 12; ``user-deleted`` with its
+        # side effects — roster pushes, pubsub clean-up — runs here only)
+        self.sessions.broadcast("user-forgotten", host, user)
         r = self.events.fire("user-deleted", host, user)
         if r is not None:
             await r

@@ -284,6 +284,15 @@ class ClusterSessionRegistry:
         self.on_remote(ref, False)
 
     # -- RPC (request ``Q`` / response ``P``) -------------------------------------------------------
+    def peers(self) -> list[int]:
+        return sorted(self.mesh.peers)
+
+    def serve(self, name: str, fn: Callable[[Any], Any] | None) -> None:
+        if fn is None:
+            self.rpc_handlers.pop(name, None)
+        else:
+            self.rpc_handlers[name] = fn
+
     async def call(self, worker: int, name: str, payload: Any, timeout: float = 5.0) -> Any:
         """Run the handler ``name`` (``rpc_handlers``) on ``worker`` with ``payload`` (JSON) and return its
         reply.  Raises ``TimeoutError``, ``ConnectionError`` (that worker is gone or not connected) or

@@ -166,6 +166,7 @@ class Blocking(Module):
                 del self._locks[bare]
 
     @hook("user-deleted")
+    @hook("user-forgotten")  # deleted on another worker (issue 12)
     def user_deleted(self, host: str, user: str) -> None:
         self._cache_drop(f"{user}@{host}")
 

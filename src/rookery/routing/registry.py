@@ -105,6 +105,20 @@ class SessionRegistry(Protocol):
         """The sessions this process holds (``all`` is every worker's)."""
         ...
 
+    def peers(self) -> list[int]:
+        """The other workers this one is connected to (none in one process)."""
+        ...
+
+    async def call(self, worker: int, name: str, payload: Any, timeout: float = 5.0) -> Any:
+        """Run the handler ``name`` (``serve``) on ``worker`` with ``payload`` (JSON) and return its reply.
+        Raises ``TimeoutError``, ``ConnectionError`` (no such worker) or ``RuntimeError`` (it failed there)."""
+        ...
+
+    def serve(self, name: str, fn: Callable[[Any], Any] | None) -> None:
+        """Answer other workers' ``call(…, name, payload)`` with ``fn(payload)`` (a JSON value, or an
+        awaitable of one); None: no longer."""
+        ...
+
     def deliver(self, ref: SessionRef, el: Element) -> None: ...
 
     def deliver_many(self, refs: list[SessionRef], el: Element) -> None:
@@ -190,6 +204,15 @@ class LocalSessionRegistry:
 
     def broadcast(self, name: str, *args: Any) -> None:
         return None  # one process: nobody else to tell
+
+    def peers(self) -> list[int]:
+        return []
+
+    async def call(self, worker: int, name: str, payload: Any, timeout: float = 5.0) -> Any:
+        raise ConnectionError("one process: no other worker")
+
+    def serve(self, name: str, fn: Callable[[Any], Any] | None) -> None:
+        return None
 
     def deliver(self, ref: SessionRef, el: Element) -> None:
         ref.send(el)  # type: ignore[attr-defined]
