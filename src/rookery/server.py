@@ -438,6 +438,30 @@ class Server:
             self.tasks.spawn(r)
         return session
 
+    def adopt(self, stream: C2SStream, jid: JID, state: dict[str, Any], ext: dict[str, Any]) -> Session:
+        """XEP-0198 hand-over (issue 12): the session ``jid`` of the account authenticated on ``stream``,
+        which another worker gave up, continues here — registered with its routing ``state``
+        (``priority``, ``available``, ``presence``, ``interested``) and ``ext`` (published keys and the
+        modules' slots), announced as *moved* (its old entry is not a session that ended), then
+        ``session-bound``.  Not attached: the caller resumes it on ``stream``."""
+        if jid.local != stream.username or jid.domain != stream.local_domain or jid.resource is None:
+            raise ValueError("that session belongs to another account")
+        auth = dict(stream.auth_info) if stream.auth_info is not None else {}
+        auth["ip"] = stream.transport.peer_ip
+        auth["secure"] = stream.transport.is_secure
+        session = Session(jid, self.events.filters, auth)
+        for k, v in state.items():
+            setattr(session, k, v)
+        session.ext.update(ext)
+        stream.transport.authenticated()
+        old = self.cluster.add(session, moved=True) if self.cluster is not None else self.sessions.add(session)
+        if old is not None:
+            self.sessions.close(old, "conflict", "replaced by a new session")
+        r = self.events.fire("session-bound", session)
+        if r is not None:
+            self.tasks.spawn(r)
+        return session
+
     def stream_started(self, stream: C2SStream) -> None:
         self.streams[stream] = time.monotonic()
 

@@ -90,17 +90,20 @@ class ClusterSessionRegistry:
         await self.mesh.close()
 
     # -- announcements -------------------------------------------------------------------------
-    def _state(self, s: Any) -> bytes:
+    def _state(self, s: Any, moved: bool = False) -> bytes:
         pres = s.presence
         ext = s.ext
         published = {k: ext[k] for k in ext.get(PUBLISHED, ()) if k in ext}
-        return json.dumps({
+        d = {
             "j": s.jid.full, "p": s.priority, "a": s.available, "i": s.interested,
             "x": serialize(pres) if pres is not None else None, "e": published, "t": s.ext.get(SEQ),
-        }, separators=(",", ":")).encode()
+        }
+        if moved:
+            d["m"] = True
+        return json.dumps(d, separators=(",", ":")).encode()
 
-    def _announce(self, s: Any) -> None:
-        self.mesh.broadcast(A, self._state(s))
+    def _announce(self, s: Any, moved: bool = False) -> None:
+        self.mesh.broadcast(A, self._state(s, moved))
 
     def peer_up(self, peer: int) -> None:
         """A worker connected (started, or restarted): it gets every local session."""
@@ -122,7 +125,9 @@ class ClusterSessionRegistry:
         self.on_lost(lost, designated)
 
     # -- SessionRegistry -----------------------------------------------------------------------
-    def add(self, session: Any) -> SessionRef | None:
+    def add(self, session: Any, moved: bool = False) -> SessionRef | None:
+        """``moved``: the session continues here from another worker (XEP-0198 hand-over): the entry
+        it replaces is not a session that ended (no ``session-gone`` for it, here or elsewhere)."""
         now = time.time()
         self._bind_clock = max(now, self._bind_clock + 1e-6)  # strictly increasing here
         session.ext[SEQ] = [self._bind_clock, self.index]
@@ -133,15 +138,18 @@ class ClusterSessionRegistry:
             # the same full JID on another worker: ours is the later bind; that worker closes its
             # session when our announcement reaches it (the same rule runs there)
             self.directory.remove(jid, other.worker)
-            self.on_remote(other, True)
-        self._announce(session)
+            if not moved:
+                self.on_remote(other, True)
+        self._announce(session, moved)
         return old
 
-    def remove(self, ref: SessionRef) -> bool:
+    def remove(self, ref: SessionRef, moved: bool = False) -> bool:
+        """``moved``: handed over to another worker, whose announcement replaces it everywhere (no ``D``)."""
         if isinstance(ref, RemoteSession):
             return False
         if self.local.remove(ref):
-            self.mesh.broadcast(D, ref.jid.full.encode())
+            if not moved:
+                self.mesh.broadcast(D, ref.jid.full.encode())
             return True
         return False
 
@@ -279,7 +287,7 @@ class ClusterSessionRegistry:
         ref.presence = parse_fragment(x.encode()) if x else None
         ref.ext = dict(d.get("e") or {})
         replaced = self.directory.put(ref)
-        if replaced is not None:
+        if replaced is not None and not d.get("m"):
             self.on_remote(replaced, True)
         self.on_remote(ref, False)
 

@@ -166,6 +166,17 @@ class Carbons(Module):
         self._drop(session)
 
     # -- workers (issue 12): the carbons-enabled resources of the other workers -------------------
+    @hook("session-bound")
+    def session_bound(self, session: Any) -> None:
+        """A session handed over from another worker (XEP-0198 resumption) keeps carbons on."""
+        if session.ext.get("carbons"):
+            self._remember(session)
+
+    @hook("session-handed-over")
+    def handed_over(self, session: Any) -> None:
+        """A session of ours continues on another worker (its announcement follows)."""
+        self._drop(session)
+
     @hook("session-announced")
     def session_announced(self, ref: Any) -> None:
         """Another worker's session was announced (bound, changed): copied to when it enabled carbons."""

@@ -146,6 +146,7 @@ class Push(Module):
         return keep
 
     @hook("session-ended")
+    @hook("session-handed-over")  # resumed on another worker (issue 12)
     def session_ended(self, session: Any) -> None:
         self._detached.discard(session)
         self._prune()

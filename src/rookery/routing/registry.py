@@ -75,8 +75,9 @@ class SessionRegistry(Protocol):
         """Register; returns the session that had this full JID (to be closed with ``<conflict/>``)."""
         ...
 
-    def remove(self, ref: SessionRef) -> bool:
-        """Unregister (only if still the registered one); True when it was."""
+    def remove(self, ref: SessionRef, moved: bool = False) -> bool:
+        """Unregister (only if still the registered one); True when it was.  ``moved``: the session
+        continues on another worker (XEP-0198 hand-over), which announces it: nothing to tell."""
         ...
 
     def get(self, jid: JID) -> SessionRef | None: ...
@@ -157,7 +158,7 @@ class LocalSessionRegistry:
         res[jid.resource] = session
         return old if old is not session else None
 
-    def remove(self, ref: SessionRef) -> bool:
+    def remove(self, ref: SessionRef, moved: bool = False) -> bool:
         jid = ref.jid
         res = self._by_bare.get(jid.bare)
         if res is None or res.get(jid.resource or "") is not ref:
