@@ -73,6 +73,7 @@ class ClusterSessionRegistry:
         self.rpc_handlers: dict[str, Callable[[Any], Any]] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._call_ids = itertools.count(1)
+        self._replying: set[asyncio.Future[None]] = set()
         self._bind_clock = 0.0
 
     @property
@@ -346,7 +347,9 @@ class ClusterSessionRegistry:
                 return
             reply(True, value)
 
-        asyncio.ensure_future(later())
+        task = asyncio.ensure_future(later())
+        self._replying.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self._replying.discard)
 
     def _answered(self, resp: dict[str, Any]) -> None:
         fut = self._calls.get(resp.get("i", 0))
