@@ -1,4 +1,5 @@
-"""XEP-0198 §5 resumption onto another worker (issue 12): the supervisor hands consecutive connections
+"""Modules across workers (issue 12) where a parametrized module test does not reach: XEP-0198 §5
+resumption onto another worker: the supervisor hands consecutive connections
 to the workers in turn, so a client that reconnects right after losing its connection lands on the
 other worker, which takes the detached session over from its holder (the ``smacks.handover`` cluster
 call) — its counters, unacknowledged stanzas, presence and published state — and resumes it."""
@@ -121,3 +122,31 @@ async def test_unknown_or_foreign_id_fails_on_any_worker(workers):
         assert failed_condition(await m.recv(T)) == "item-not-found"
     finally:
         await close_all(a, m)
+
+
+async def test_detached_push_enabled_session_on_the_other_worker_is_pushed(workers):
+    """XEP-0357 §7 for a session kept detached (XEP-0198) on one worker, messaged from the other."""
+    from test_push import PUSH, is_push, setup, summary
+
+    s = workers
+    app, u, b, user, upw = await setup(s)  # three connections: u on another worker than app and b
+    try:
+        u.send(f"<enable xmlns='{SM}' resume='true'/>")
+        await u.recv_until(lambda e: e.tag == f"{{{SM}}}enabled", T)
+        u.writer.transport.abort()
+        await asyncio.sleep(0.5)  # the holder sees the connection lost: detached
+        b.send(f"<message to='{u.jid}' type='chat' id='a2'><body>while away</body></message>")
+        iq = await app.recv_until(is_push, T)
+        assert summary(iq)["last-message-sender"] == b.jid
+        # disabled from a resource on the other worker: no more notifications
+        pad = await login(s, *s.make_user())  # on u's worker: u2 lands on the other one
+        u2 = await login(s, user, upw, resource="laptop")
+        r = await u2.iq(f"<iq type='set' id='d1'><disable xmlns='{PUSH}' jid='{app.jid}'/></iq>", T)
+        assert r.get("type") == "result"
+        b.send(f"<message to='{u.jid}' type='chat' id='a3'><body>again</body></message>")
+        await app.expect_nothing(0.5)
+        await u2.close()
+        await pad.close()
+    finally:
+        for c in (app, u, b):
+            await c.close()
