@@ -72,6 +72,8 @@ ID_KEY = "smacks.id"
 HANDOVER = "smacks.handover"
 #: seconds the resuming worker waits for the holder's answer
 HANDOVER_TIMEOUT = 5.0
+#: seconds before that timeout after which the holder no longer gives a session up
+HANDOVER_MARGIN = 1.0
 
 
 # -- §4 counter arithmetic (pure) -----------------------------------------------------------------
@@ -454,6 +456,8 @@ class StreamManagement(Module):
         ``<conflict/>``) session ``req["id"]`` of ``req["user"]@req["domain"]`` leaves this worker
         without ending — no ``session-ended``: its presence, rooms and unacknowledged stanzas go on
         elsewhere — and its state is the answer (None: no such session here)."""
+        if time.time() > float(req.get("until", 0) or 0):
+            return None  # the resuming worker stops waiting before the answer could reach it
         session: Any = self._by_id.get(str(req.get("id", "")))
         if (session is None or session.ended or session.jid.local != req.get("user")
                 or session.jid.domain != req.get("domain")):
@@ -504,7 +508,10 @@ class StreamManagement(Module):
         if holder is not None:
             try:
                 state = await sessions.call(holder.worker, HANDOVER,  # type: ignore[attr-defined]
-                                            {"id": previd, "user": stream.username, "domain": stream.local_domain},
+                                            {"id": previd, "user": stream.username, "domain": stream.local_domain,
+                                             # a late holder keeps the session rather than give it up
+                                             # into a call that timed out (its stanzas would be lost)
+                                             "until": time.time() + HANDOVER_TIMEOUT - HANDOVER_MARGIN},
                                             timeout=HANDOVER_TIMEOUT)
             except (TimeoutError, ConnectionError, RuntimeError) as err:
                 self.log.warning("resumption of a session of %s on %s failed: %s", bare, holder.where, err)
