@@ -84,7 +84,7 @@ def _jid(req: dict[str, Any]) -> JID | None:
 def session_info(ref: Any, now: float) -> dict[str, Any]:
     auth = getattr(ref, "auth", {}) or {}
     stream = getattr(ref, "stream", None)
-    tls = None
+    tls = auth.get("tls")  # another worker's session: as announced
     if stream is not None:
         t = getattr(getattr(stream, "transport", None), "transport", None)
         ssl_obj = t.get_extra_info("ssl_object") if t is not None else None

@@ -426,6 +426,8 @@ class Server:
         auth = stream.auth_info if stream.auth_info is not None else {}
         auth["ip"] = stream.transport.peer_ip
         auth["secure"] = stream.transport.is_secure
+        if self.cluster is not None:  # other workers show it in `rookery sessions`
+            auth["tls"] = getattr(stream.transport, "tls_version", None) or None
         session = Session(jid, self.events.filters, auth)
         stream.transport.authenticated()
         old = self.sessions.add(session)
@@ -433,6 +435,32 @@ class Server:
             self.sessions.close(old, "conflict", "replaced by a new session")
         # not attached yet: the stream attaches it once the bind result is written, so whatever is
         # routed to it meanwhile (a replaced session's queue, session-bound handlers) follows the result
+        r = self.events.fire("session-bound", session)
+        if r is not None:
+            self.tasks.spawn(r)
+        return session
+
+    def adopt(self, stream: C2SStream, jid: JID, state: dict[str, Any], ext: dict[str, Any]) -> Session:
+        """XEP-0198 hand-over (issue 12): the session ``jid`` of the account authenticated on ``stream``,
+        which another worker gave up, continues here — registered with its routing ``state``
+        (``priority``, ``available``, ``presence``, ``interested``) and ``ext`` (published keys and the
+        modules' slots), announced as *moved* (its old entry is not a session that ended), then
+        ``session-bound``.  Not attached: the caller resumes it on ``stream``."""
+        if jid.local != stream.username or jid.domain != stream.local_domain or jid.resource is None:
+            raise ValueError("that session belongs to another account")
+        auth = dict(stream.auth_info) if stream.auth_info is not None else {}
+        auth["ip"] = stream.transport.peer_ip
+        auth["secure"] = stream.transport.is_secure
+        if self.cluster is not None:  # other workers show it in `rookery sessions`
+            auth["tls"] = getattr(stream.transport, "tls_version", None) or None
+        session = Session(jid, self.events.filters, auth)
+        for k, v in state.items():
+            setattr(session, k, v)
+        session.ext.update(ext)
+        stream.transport.authenticated()
+        old = self.cluster.add(session, moved=True) if self.cluster is not None else self.sessions.add(session)
+        if old is not None:
+            self.sessions.close(old, "conflict", "replaced by a new session")
         r = self.events.fire("session-bound", session)
         if r is not None:
             self.tasks.spawn(r)
@@ -623,6 +651,7 @@ class Server:
         cl.close_local = self._close_local
         cl.on_lost = self._sessions_lost
         cl.on_event = self._cluster_event
+        cl.on_remote = self._remote_session
         for kind, host, port in place.listeners:
             self.addresses.setdefault(kind, []).append((host, port))
         if not place.primary:
@@ -678,6 +707,13 @@ class Server:
                 r = self.events.fire("session-ended", ref)
                 if r is not None:
                     self.tasks.spawn(r)
+
+    def _remote_session(self, ref: RemoteSession, gone: bool) -> None:
+        """Another worker's session was announced (``session-announced``: bound, or its state or
+        published ``ext`` changed) or is gone (``session-gone``: ended, replaced, its worker died)."""
+        r = self.events.fire("session-gone" if gone else "session-announced", ref)
+        if r is not None:
+            self.tasks.spawn(r)
 
     def _cluster_event(self, name: str, args: list[Any]) -> Awaitable[Any] | None:
         if name == "reload":
@@ -773,6 +809,9 @@ class Server:
         for r in ending:
             if r is not None:
                 await r
+        # the other workers' modules forget what they cache of it (issue 12; ``user-deleted`` with its
+        # side effects — roster pushes, pubsub clean-up — runs here only)
+        self.sessions.broadcast("user-forgotten", host, user)
         r = self.events.fire("user-deleted", host, user)
         if r is not None:
             await r

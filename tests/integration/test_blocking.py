@@ -8,10 +8,22 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
-from xmpp_helpers import RawClient, befriend, disconnect, drain, error_condition, slix_client, tls_login
+from xmpp_helpers import (
+    RawClient,
+    befriend,
+    disconnect,
+    drain,
+    error_condition,
+    one_and_two_workers,
+    slix_client,
+    tls_login,
+)
 
 from rookery.jid import JID
 from rookery.modules.blocking import matches
+
+rookery_server = one_and_two_workers("rookery-blocking-")
+
 
 NS = "urn:xmpp:blocking"
 C = "{jabber:client}"

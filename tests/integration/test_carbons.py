@@ -6,7 +6,18 @@ from __future__ import annotations
 
 import asyncio
 
-from xmpp_helpers import RawClient, available, disconnect, error_condition, slix_client, tls_login
+from xmpp_helpers import (
+    RawClient,
+    available,
+    disconnect,
+    error_condition,
+    one_and_two_workers,
+    slix_client,
+    tls_login,
+)
+
+rookery_server = one_and_two_workers("rookery-carbons-")
+
 
 NS = "urn:xmpp:carbons:2"
 FWD = "urn:xmpp:forward:0"

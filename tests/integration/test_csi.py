@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
-from xmpp_helpers import RawClient, befriend, drain, tls_login
+from xmpp_helpers import RawClient, befriend, drain, one_and_two_workers, tls_login
+
+rookery_server = one_and_two_workers("rookery-csi-")
+
 
 NS = "urn:xmpp:csi:0"
 C = "{jabber:client}"

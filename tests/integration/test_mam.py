@@ -11,9 +11,12 @@ import time
 from xml.etree.ElementTree import Element
 
 import pytest
-from xmpp_helpers import RawClient, disconnect, error_condition, slix_client
+from xmpp_helpers import RawClient, disconnect, error_condition, one_and_two_workers, slix_client
 
 from rookery.modules.time import format_datetime
+
+rookery_server = one_and_two_workers("rookery-mam-")
+
 
 MAM = "urn:xmpp:mam:2"
 SID = "urn:xmpp:sid:0"
@@ -494,6 +497,8 @@ async def test_pending_archive_writes_survive_shutdown(rookery_server_factory, t
 async def test_message_routed_again_by_the_server_keeps_its_id_and_is_archived_once(rookery_server):
     """A stanza the server routes a second time (e.g. re-routed from a dead stream) already carries
     its archive id: kept, not archived again; a forged one on a server-routed stanza is replaced."""
+    if not hasattr(rookery_server.server, "router"):
+        pytest.skip("routes a stanza inside the server: needs it in this process")
     from rookery.xml import serialize
 
     a = await _login(rookery_server)

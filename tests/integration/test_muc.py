@@ -14,9 +14,12 @@ import tempfile
 from pathlib import Path
 from xml.etree.ElementTree import Element
 
-from xmpp_helpers import RawClient, disconnect, error_condition, slix_client
+from xmpp_helpers import RawClient, disconnect, error_condition, one_and_two_workers, slix_client
 
 from rookery.testing import RunningServer
+
+rookery_server = one_and_two_workers("rookery-muc-")
+
 
 CONF = "conference.localhost"
 C = "{jabber:client}"

@@ -19,7 +19,9 @@ from pubsub_helpers import (
     ps,
     publish_options,
 )
-from xmpp_helpers import befriend, disconnect, drain, slix_client, tls_login
+from xmpp_helpers import befriend, disconnect, drain, one_and_two_workers, slix_client, tls_login
+
+rookery_server = one_and_two_workers("rookery-pep-")
 
 pytestmark = pytest.mark.asyncio
 

@@ -258,3 +258,27 @@ async def available(c: RawClient) -> None:
     """Initial presence, and the server's echo of it to the client (RFC 6121 §4.2.2)."""
     c.send("<presence/>")
     await c.recv_until(lambda e: e.tag == "{jabber:client}presence" and e.get("from") == c.jid)
+
+
+def one_and_two_workers(prefix: str = "rookery-test-"):
+    """A module-scoped ``rookery_server`` fixture run with one process and with two workers (issue 12):
+    with two, consecutive connections land on different workers, so an account's resources and its
+    contacts are split between them.  In a test module: ``rookery_server = one_and_two_workers()``.
+    The tests must use only network-level access (``make_user``, ports, ``server.storage`` via ``call``)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import pytest
+
+    from rookery.testing import ProcessServer, RunningServer
+
+    @pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-workers"])
+    def rookery_server(request):
+        d = tempfile.mkdtemp(prefix=prefix)
+        s = (RunningServer({}, Path(d)) if request.param == 1 else ProcessServer({"workers": 2}, Path(d))).start()
+        yield s
+        s.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+    return rookery_server

@@ -19,7 +19,7 @@ from ..jid import JID
 class RemoteSession:
     """A session another worker holds (``SessionRef``; ``where`` names the worker)."""
 
-    __slots__ = ("jid", "priority", "available", "presence", "interested", "where", "worker", "ext", "seq")
+    __slots__ = ("jid", "priority", "available", "presence", "interested", "where", "worker", "ext", "seq", "auth")
 
     def __init__(self, jid: JID, worker: int) -> None:
         self.jid = jid
@@ -33,6 +33,8 @@ class RemoteSession:
         self.ext: dict[str, Any] = {}
         #: the holder's bind order (conflicts between workers: the later bind wins, RFC 6120 §7.7.2.2)
         self.seq = (0.0, worker)
+        #: how it authenticated (ip, mechanism, tls): shown by ``rookery sessions``
+        self.auth: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<RemoteSession {self.jid} on worker {self.worker}>"

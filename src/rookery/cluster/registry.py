@@ -13,7 +13,8 @@
   with it (their contacts get unavailable presence from one surviving worker).
 
 Frame types on the link: ``A`` session state (JSON), ``D`` session gone, ``S`` stanza for a session
-there, ``R`` stanza to route there (a service's home worker), ``C`` close a session, ``E`` event.
+there, ``R`` stanza to route there (a service's home worker), ``C`` close a session, ``E`` event, ``Q``/``P``
+request/response of an RPC (``call``: e.g. the XEP-0198 hand-over of a detached session).
 """
 
 from __future__ import annotations
@@ -38,9 +39,13 @@ from .link import Mesh
 
 log = logging.getLogger(__name__)
 
-A, D, S, R, C, E, K = (ord(c) for c in "ADSRCEK")
+A, D, S, R, C, E, Q, P = (ord(c) for c in "ADSRCEQP")
 #: bind order of a local session (``ext``)
 SEQ = "cluster.seq"
+#: what other workers see of a session's ``auth`` (``rookery sessions``)
+_AUTH_SHOWN = ("ip", "mechanism", "tls", "secure")
+#: the call ``broadcast_wait`` makes on each worker: fire an event, answer once it is handled
+EVENT = "cluster.event"
 
 
 def _nothing(*_: Any) -> None:
@@ -67,9 +72,14 @@ class ClusterSessionRegistry:
         #: set by the server: a cluster event (``broadcast``) from another worker; may return an
         #: awaitable (``broadcast_wait`` waits for it)
         self.on_event: Callable[[str, list[Any]], Any] = _nothing
+        #: set by the server: another worker's session was announced (``gone``: False) or is gone (True)
+        self.on_remote: Callable[[RemoteSession, bool], None] = _nothing
+        #: RPC handlers (``call`` from another worker): name -> fn(payload) -> reply (JSON), or awaitable
+        self.rpc_handlers: dict[str, Callable[[Any], Any]] = {EVENT: self._event_call}
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._call_ids = itertools.count(1)
+        self._replying: set[asyncio.Future[None]] = set()
         self._bind_clock = 0.0
-        self._acks: dict[int, tuple[set[int], asyncio.Future[None]]] = {}
-        self._ack_ids = itertools.count(1)
 
     @property
     def on_detached_close(self) -> Any:
@@ -86,17 +96,22 @@ class ClusterSessionRegistry:
         await self.mesh.close()
 
     # -- announcements -------------------------------------------------------------------------
-    def _state(self, s: Any) -> bytes:
+    def _state(self, s: Any, moved: bool = False) -> bytes:
         pres = s.presence
         ext = s.ext
         published = {k: ext[k] for k in ext.get(PUBLISHED, ()) if k in ext}
-        return json.dumps({
+        d = {
             "j": s.jid.full, "p": s.priority, "a": s.available, "i": s.interested,
             "x": serialize(pres) if pres is not None else None, "e": published, "t": s.ext.get(SEQ),
-        }, separators=(",", ":")).encode()
+            # for operators (``rookery sessions``): how it authenticated, from where
+            "u": {k: v for k, v in getattr(s, "auth", {}).items() if k in _AUTH_SHOWN},
+        }
+        if moved:
+            d["m"] = True
+        return json.dumps(d, separators=(",", ":")).encode()
 
-    def _announce(self, s: Any) -> None:
-        self.mesh.broadcast(A, self._state(s))
+    def _announce(self, s: Any, moved: bool = False) -> None:
+        self.mesh.broadcast(A, self._state(s, moved))
 
     def peer_up(self, peer: int) -> None:
         """A worker connected (started, or restarted): it gets every local session."""
@@ -104,20 +119,23 @@ class ClusterSessionRegistry:
             self.mesh.send(peer, A, self._state(s))
 
     def peer_down(self, peer: int) -> None:
-        for waiting, fut in self._acks.values():  # a worker that is gone answers nothing
-            waiting.discard(peer)
-            if not waiting and not fut.done():
-                fut.set_result(None)
         lost = self.directory.drop_worker(peer)
         alive = [i for i in self.mesh.alive() if i != peer]
         designated = bool(alive) and alive[0] == self.index
         if lost:
             log.warning("worker %d is gone with %d session(s)%s", peer, len(lost),
                         ": this worker announces their end" if designated else "")
+        for ref in lost:
+            self.on_remote(ref, True)
+        for fut in list(self._calls.values()):  # calls to that worker will not be answered
+            if getattr(fut, "worker", None) == peer and not fut.done():
+                fut.set_exception(ConnectionError(f"worker {peer} is gone"))
         self.on_lost(lost, designated)
 
     # -- SessionRegistry -----------------------------------------------------------------------
-    def add(self, session: Any) -> SessionRef | None:
+    def add(self, session: Any, moved: bool = False) -> SessionRef | None:
+        """``moved``: the session continues here from another worker (XEP-0198 hand-over): the entry
+        it replaces is not a session that ended (no ``session-gone`` for it, here or elsewhere)."""
         now = time.time()
         self._bind_clock = max(now, self._bind_clock + 1e-6)  # strictly increasing here
         session.ext[SEQ] = [self._bind_clock, self.index]
@@ -128,14 +146,18 @@ class ClusterSessionRegistry:
             # the same full JID on another worker: ours is the later bind; that worker closes its
             # session when our announcement reaches it (the same rule runs there)
             self.directory.remove(jid, other.worker)
-        self._announce(session)
+            if not moved:
+                self.on_remote(other, True)
+        self._announce(session, moved)
         return old
 
-    def remove(self, ref: SessionRef) -> bool:
+    def remove(self, ref: SessionRef, moved: bool = False) -> bool:
+        """``moved``: handed over to another worker, whose announcement replaces it everywhere (no ``D``)."""
         if isinstance(ref, RemoteSession):
             return False
         if self.local.remove(ref):
-            self.mesh.broadcast(D, ref.jid.full.encode())
+            if not moved:
+                self.mesh.broadcast(D, ref.jid.full.encode())
             return True
         return False
 
@@ -183,20 +205,17 @@ class ClusterSessionRegistry:
     async def broadcast_wait(self, name: str, *args: Any, timeout: float = 15.0) -> list[int]:
         """``broadcast``, then wait until every connected worker has handled the event (awaited what
         its handler returned): what an operator's command (``reload``, ``cert import``) must see done
-        everywhere before it answers.  Returns the workers that did not answer in time."""
-        peers = set(self.mesh.peers)
-        if not peers:
-            return []
-        rid = next(self._ack_ids)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._acks[rid] = (peers, fut)
-        self.mesh.broadcast(E, json.dumps([name, list(args), rid], separators=(",", ":")).encode())
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            pass
-        left = sorted(self._acks.pop(rid, (set(), fut))[0])
-        return left
+        everywhere before it answers.  A call (``EVENT``) per worker; returns the workers that did not
+        answer in time or failed."""
+        peers = self.peers()
+        results = await asyncio.gather(*(self.call(p, EVENT, [name, list(args)], timeout) for p in peers),
+                                       return_exceptions=True)
+        return [p for p, r in zip(peers, results, strict=True) if isinstance(r, BaseException)]
+
+    async def _event_call(self, payload: Any) -> None:
+        r = self.on_event(str(payload[0]), list(payload[1]))
+        if inspect.isawaitable(r):
+            await r
 
     def deliver(self, ref: SessionRef, el: Element) -> None:
         if ref.__class__ is RemoteSession:
@@ -252,37 +271,25 @@ class ClusterSessionRegistry:
             self._state_from(peer, json.loads(payload))
         elif ftype == D:
             try:
-                self.directory.remove(JID.parse(payload.decode()), peer)
+                gone = self.directory.remove(JID.parse(payload.decode()), peer)
             except InvalidJID:
-                pass
+                gone = None
+            if gone is not None:
+                self.on_remote(gone, True)
+        elif ftype == Q:
+            self._answer(peer, json.loads(payload))
+        elif ftype == P:
+            self._answered(json.loads(payload))
         elif ftype == C:
             req = json.loads(payload)
             s = self.local.get(JID.parse(req["j"]))
             if s is not None:
                 self.close_local(s, req.get("c"), req.get("t"), bool(req.get("e")))
         elif ftype == E:
-            msg = json.loads(payload)
-            r = self.on_event(msg[0], msg[1])
-            if len(msg) > 2:  # broadcast_wait: answer once handled
-                if inspect.isawaitable(r):
-                    asyncio.ensure_future(self._ack_after(peer, msg[2], r))
-                else:
-                    self.mesh.send(peer, K, str(msg[2]).encode())
-        elif ftype == K:
-            entry = self._acks.get(int(payload))
-            if entry is not None:
-                entry[0].discard(peer)
-                if not entry[0] and not entry[1].done():
-                    entry[1].set_result(None)
+            name, args = json.loads(payload)
+            self.on_event(name, args)
         else:
             log.error("cluster link: unknown frame %r from worker %d", ftype, peer)
-
-    async def _ack_after(self, peer: int, rid: int, aw: Any) -> None:
-        try:
-            await aw
-        except Exception:
-            log.exception("cluster event handler failed")
-        self.mesh.send(peer, K, str(rid).encode())
 
     def _state_from(self, peer: int, d: dict[str, Any]) -> None:
         jid = JID.parse(d["j"])
@@ -303,4 +310,76 @@ class ClusterSessionRegistry:
         x = d.get("x")
         ref.presence = parse_fragment(x.encode()) if x else None
         ref.ext = dict(d.get("e") or {})
-        self.directory.put(ref)
+        ref.auth = dict(d.get("u") or {})
+        replaced = self.directory.put(ref)
+        if replaced is not None and not d.get("m"):
+            self.on_remote(replaced, True)
+        self.on_remote(ref, False)
+
+    # -- RPC (request ``Q`` / response ``P``) -------------------------------------------------------
+    def peers(self) -> list[int]:
+        return sorted(self.mesh.peers)
+
+    def serve(self, name: str, fn: Callable[[Any], Any] | None) -> None:
+        if fn is None:
+            self.rpc_handlers.pop(name, None)
+        else:
+            self.rpc_handlers[name] = fn
+
+    async def call(self, worker: int, name: str, payload: Any, timeout: float = 5.0) -> Any:
+        """Run the handler ``name`` (``rpc_handlers``) on ``worker`` with ``payload`` (JSON) and return its
+        reply.  Raises ``TimeoutError``, ``ConnectionError`` (that worker is gone or not connected) or
+        ``RuntimeError`` (the handler failed there, or there is none)."""
+        if worker not in self.mesh.peers:
+            raise ConnectionError(f"worker {worker} is not connected")
+        cid = next(self._call_ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.worker = worker  # type: ignore[attr-defined]
+        self._calls[cid] = fut
+        try:
+            self.mesh.send(worker, Q, json.dumps({"i": cid, "n": name, "p": payload}).encode())
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._calls.pop(cid, None)
+
+    def _answer(self, peer: int, req: dict[str, Any]) -> None:
+        cid, name = req.get("i"), req.get("n", "")
+        fn = self.rpc_handlers.get(name)
+
+        def reply(ok: bool, value: Any) -> None:
+            self.mesh.send(peer, P, json.dumps({"i": cid, "ok": ok, "r": value}).encode())
+
+        if fn is None:
+            reply(False, f"no handler {name!r}")
+            return
+        try:
+            r = fn(req.get("p"))
+        except Exception as e:
+            log.exception("cluster RPC %s failed", name)
+            reply(False, str(e))
+            return
+        if not inspect.isawaitable(r):
+            reply(True, r)
+            return
+
+        async def later() -> None:
+            try:
+                value = await r
+            except Exception as e:
+                log.exception("cluster RPC %s failed", name)
+                reply(False, str(e))
+                return
+            reply(True, value)
+
+        task = asyncio.ensure_future(later())
+        self._replying.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self._replying.discard)
+
+    def _answered(self, resp: dict[str, Any]) -> None:
+        fut = self._calls.get(resp.get("i", 0))
+        if fut is None or fut.done():
+            return  # timed out meanwhile
+        if resp.get("ok"):
+            fut.set_result(resp.get("r"))
+        else:
+            fut.set_exception(RuntimeError(str(resp.get("r"))))

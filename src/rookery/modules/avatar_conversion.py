@@ -68,6 +68,9 @@ def sha1(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+#: cluster event: an account's avatar hash changed on another worker
+CHANGED = "avatar-hash-changed"
+
 class AvatarConversion(Module):
     """XEP-0398 PEP avatar <-> vCard-temp PHOTO, XEP-0153 hashes in outgoing presence."""
 
@@ -187,7 +190,7 @@ class AvatarConversion(Module):
             SubElement(p, _V + "TYPE").text = photo[1]
             SubElement(p, _V + "BINVAL").text = base64.b64encode(photo[0]).decode("ascii")
         await self.vcard.store(host, user, vcard)
-        self._hashes[jid.bare] = new_hash
+        self._set_hash(jid.bare, new_hash)
         self.log.debug("vCard photo of %s set from PEP (%s)", jid.bare, new_hash or "none")
 
     # -- §3.2 vCard -> PEP -----------------------------------------------------------------------
@@ -198,7 +201,7 @@ class AvatarConversion(Module):
         jid = JID.parse(f"{user}@{host}")
         photo = vcard_photo(vcard)
         new_hash = sha1(photo[0]) if photo else ""
-        self._hashes[jid.bare] = new_hash
+        self._set_hash(jid.bare, new_hash)
         if photo is None:
             return
         meta_node = await self.pep.node_of(jid, METADATA)
@@ -220,6 +223,17 @@ class AvatarConversion(Module):
         SubElement(meta, f"{{{METADATA}}}info", bytes=str(len(image)), id=new_hash, type=mime)
         await self.pep.publish_own(jid, METADATA, new_hash, meta, _OPEN)
 
+    def _set_hash(self, bare: str, h: str) -> None:
+        if self._hashes.get(bare) != h:
+            self.ctx.sessions.broadcast(CHANGED, bare, h)  # the other workers' hashes (issue 12)
+        self._hashes[bare] = h
+
+    @hook(CHANGED)
+    def changed_elsewhere(self, bare: str, h: str) -> None:
+        """Another worker changed this account's avatar."""
+        self._hashes[bare] = h
+
     @hook("user-deleted")
+    @hook("user-forgotten")  # deleted on another worker (issue 12)
     def user_deleted(self, host: str, user: str) -> None:
         self._hashes.pop(f"{user}@{host}", None)

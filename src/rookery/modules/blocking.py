@@ -49,6 +49,8 @@ NS = "urn:xmpp:blocking"
 ERRORS = "urn:xmpp:blocking:errors"
 _ITEM = f"{{{NS}}}item"
 _EMPTY: frozenset[str] = frozenset()
+#: cluster event: an account's block list changed on another worker (``ctx.sessions.broadcast``)
+CHANGED = "blocklist-changed"
 
 
 def matches(items: frozenset[str] | set[str], jid: str) -> bool:
@@ -124,10 +126,22 @@ class Blocking(Module):
         else:
             await self.store.delete(host, user)
         bare = f"{user}@{host}"
+        # other workers (issue 12) cache the list of an account with a session anywhere: the new one
+        # reaches them before the reply and the pushes (the link keeps order)
+        self.ctx.sessions.broadcast(CHANGED, bare, sorted(items))
+        self._changed(bare, items)
+
+    def _changed(self, bare: str, items: frozenset[str]) -> None:
         if self.ctx.sessions.resources(bare):
             self._cache_set(bare, items)
         else:
             self._cache_drop(bare)
+
+    @hook(CHANGED)
+    def changed_elsewhere(self, bare: str, items: list[str]) -> None:
+        """Another worker changed this account's block list (issue 12): a load in progress here
+        keeps this list (it caches only what is not cached yet)."""
+        self._changed(bare, frozenset(items))
 
     def _lock(self, bare: str) -> asyncio.Lock:
         lock = self._locks.get(bare)
@@ -142,6 +156,7 @@ class Blocking(Module):
             self.ctx.spawn(self.load(jid.domain, jid.local))
 
     @hook("session-ended")
+    @hook("session-gone")  # another worker's session (issue 12): the list was cached for it too
     def session_ended(self, session: Any) -> None:
         bare = session.jid.bare
         if not self.ctx.sessions.resources(bare):
@@ -151,6 +166,7 @@ class Blocking(Module):
                 del self._locks[bare]
 
     @hook("user-deleted")
+    @hook("user-forgotten")  # deleted on another worker (issue 12)
     def user_deleted(self, host: str, user: str) -> None:
         self._cache_drop(f"{user}@{host}")
 
@@ -168,7 +184,8 @@ class Blocking(Module):
     async def get_blocklist(self, request: Stanza) -> Element:
         host, user = await self._own(request)
         items = await self.load(host, user)
-        request.origin.ext["blocking"] = True
+        if not request.origin.ext.get("blocking"):
+            self.ctx.sessions.publish(request.origin, "blocking", True)  # pushed to from any worker
         out = Element(f"{{{NS}}}blocklist")
         for jid in sorted(items):
             SubElement(out, _ITEM, jid=jid)

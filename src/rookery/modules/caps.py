@@ -190,7 +190,7 @@ class Caps(Module):
         ver, node = c.get("ver"), c.get("node")
         if not ver or not node or session.ext.get("caps.ver") == ver:
             return None
-        session.ext["caps.ver"] = ver
+        self.ctx.sessions.publish(session, "caps.ver", ver)  # every worker sees it (issue 12)
         if ver in self._known:
             self._changed(session)
         else:

@@ -111,7 +111,8 @@ class Carbons(Module):
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
-        #: bare JID -> resource -> session, for the carbons-enabled sessions (one lookup per message)
+        #: bare JID -> resource -> session, for the carbons-enabled sessions (one lookup per message);
+        #: with workers, also the other workers' sessions that published ``ext["carbons"]`` (issue 12)
         self.enabled: dict[str, dict[str, SessionRef]] = {}
         #: the message-path hooks, installed only while some resource has carbons enabled
         self._copying = Switch(ctx, lambda c: [c.hook("pre-message", self.sent, priority=900),
@@ -128,11 +129,14 @@ class Carbons(Module):
     @iq_handler("set", NS, "enable", to="bare")
     def enable(self, request: Stanza) -> Element:
         session = self._own(request)
+        self.ctx.sessions.publish(session, "carbons", True)  # other workers copy to it too
+        self._remember(session)
+        return request.result()
+
+    def _remember(self, session: SessionRef) -> None:
         jid = session.jid
-        session.ext["carbons"] = True
         self.enabled.setdefault(jid.bare, {})[jid.resource or ""] = session
         self._copying.set(True)
-        return request.result()
 
     @iq_handler("set", NS, "disable", to="bare")
     def disable(self, request: Stanza) -> Element:
@@ -140,8 +144,13 @@ class Carbons(Module):
         self._forget(session)
         return request.result()
 
-    def _forget(self, session: Any) -> None:
+    def _forget(self, session: Any, publish: bool = True) -> None:
+        if publish and session.ext.get("carbons") and session.where == "local":
+            self.ctx.sessions.publish(session, "carbons", None)
         session.ext.pop("carbons", None)
+        self._drop(session)
+
+    def _drop(self, session: Any) -> None:
         jid = session.jid
         res = self.enabled.get(jid.bare)
         if res is not None and res.get(jid.resource or "") is session:
@@ -152,7 +161,38 @@ class Carbons(Module):
 
     @hook("session-ended")
     def session_ended(self, session: Any) -> None:
-        self._forget(session)
+        if session.where == "local":
+            session.ext.pop("carbons", None)  # gone: nothing to announce (its end is announced)
+        self._drop(session)
+
+    # -- workers (issue 12): the carbons-enabled resources of the other workers -------------------
+    @hook("session-bound")
+    def session_bound(self, session: Any) -> None:
+        """A session handed over from another worker (XEP-0198 resumption) keeps carbons on."""
+        if session.ext.get("carbons"):
+            self._remember(session)
+
+    @hook("session-handed-over")
+    def handed_over(self, session: Any) -> None:
+        """A session of ours continues on another worker (its announcement follows)."""
+        self._drop(session)
+
+    @hook("session-announced")
+    def session_announced(self, ref: Any) -> None:
+        """Another worker's session was announced (bound, changed): copied to when it enabled carbons."""
+        jid = ref.jid
+        res = self.enabled.get(jid.bare)
+        had = res.get(jid.resource or "") if res is not None else None
+        if ref.ext.get("carbons"):
+            if had is not ref:
+                self._remember(ref)
+        elif had is not None:
+            self._drop(had)
+
+    @hook("session-gone")
+    def session_gone(self, ref: Any) -> None:
+        """Another worker's session ended (or its worker died)."""
+        self._drop(ref)
 
     # -- §6 copies ----------------------------------------------------------------------------
     def _copy(self, st: Stanza, bare: str, skip: Any, direction: str) -> None:

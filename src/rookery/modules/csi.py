@@ -96,6 +96,7 @@ class CSI(Module):
         self._filter.set(bool(self.inactive_sessions))
 
     @hook("session-ended")
+    @hook("session-handed-over")  # resumed on another worker (issue 12)
     def session_ended(self, session: Any) -> None:
         state = session.ext.get("csi")
         if state is not None:

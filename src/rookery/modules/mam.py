@@ -92,6 +92,12 @@ Key = tuple[str, str]
 Pending = tuple[str, str, str, float, "str | None", Element, "str | None"]
 
 
+#: cluster event: an account's archiving preferences changed on another worker (issue 12)
+PREFS_CHANGED = "mam-prefs-changed"
+#: cluster call: write what is pending for an account's archive (a query on another worker)
+FLUSH = "mam.flush"
+
+
 class MAMOptions(Options):
     #: days an archived message is kept; 0 keeps them forever (XEP-0313 §2.2)
     retention: float = Field(0, ge=0)
@@ -311,10 +317,12 @@ class MAM(Module):
         self._flush_lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._flusher())]
+        self.ctx.sessions.serve(FLUSH, self._flush_asked)
         if any(self.ctx.options_for(h).retention > 0 for h in self.ctx.hosts):
             self._tasks.append(loop.create_task(self._cleaner()))
 
     async def stop(self) -> None:
+        self.ctx.sessions.serve(FLUSH, None)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -445,6 +453,16 @@ class MAM(Module):
     async def _flush_for(self, key: Key) -> None:
         if key in self._batch_users or key in self._inflight_users:
             await self.flush()
+        peers = self.ctx.sessions.peers()
+        if peers:  # other workers (issue 12) write what they archived for this user too
+            await asyncio.gather(*(self.ctx.sessions.call(w, FLUSH, list(key), timeout=3.0) for w in peers),
+                                 return_exceptions=True)
+
+    async def _flush_asked(self, key: list[str]) -> bool:
+        """Another worker queries this archive: what is pending for it is written first."""
+        if (key[0], key[1]) in self._batch_users or (key[0], key[1]) in self._inflight_users:
+            await self.flush()
+        return True
 
     # -- preferences -------------------------------------------------------------------------------
     async def prefs(self, host: str, user: str) -> Prefs:
@@ -458,7 +476,8 @@ class MAM(Module):
                 p = Prefs()
             if len(self._prefs) >= 50_000:
                 self._prefs.pop(next(iter(self._prefs)))
-            self._prefs[key] = p
+            # what another worker's change put here meanwhile is newer than what was read
+            p = self._prefs.setdefault(key, p)
         return p
 
     def _archives(self, key: Key, prefs: Prefs, peer: JID) -> bool | Awaitable[bool]:
@@ -634,6 +653,7 @@ class MAM(Module):
             await self.prefs(jid.domain, jid.local)
 
     @hook("user-deleted")
+    @hook("user-forgotten")  # deleted on another worker (issue 12)
     def user_deleted(self, host: str, user: str) -> None:
         key = (host, user)
         self._prefs.pop(key, None)
@@ -792,9 +812,19 @@ class MAM(Module):
                 if jid not in lists[local]:
                     lists[local].append(jid)
         p = Prefs(default, lists["always"], lists["never"])
-        await self.prefs_store.set(key[0], key[1], p.dumps())
+        data = p.dumps()
+        await self.prefs_store.set(key[0], key[1], data)
+        self.ctx.sessions.broadcast(PREFS_CHANGED, key[0], key[1], data)  # other workers (issue 12)
         self._prefs[key] = p
         return st.result(_prefs_element(p))
+
+    @hook(PREFS_CHANGED)
+    def prefs_changed_elsewhere(self, host: str, user: str, data: str) -> None:
+        """Another worker stored these preferences: the message path here uses them at once."""
+        try:
+            self._prefs[(host, user)] = Prefs.loads(data)
+        except (ValueError, TypeError):
+            self._prefs.pop((host, user), None)
 
 
 def _matches(item: ArchiveItem, q: Query) -> bool:

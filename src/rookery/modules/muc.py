@@ -606,6 +606,7 @@ class MUC(Module):
         await self.archive.delete(service, local, before=before)
 
     @hook("session-ended")
+    @hook("session-gone")  # another worker's session ended, or its worker died (issue 12)
     def session_ended(self, session: Any) -> None:
         real = session.jid.full
         for rj in list(self._joined.get(real, ())):

@@ -65,8 +65,14 @@ class PEPOptions(Options):
     max_nodes_per_user: int = Field(100, ge=0)
 
 
+#: cluster event: an account's PEP service was written on another worker (issue 12)
+CHANGED = "pep-changed"
+
+
 class PEPEngine(PubSubEngine):
     auto_create = True
+    #: every worker serves PEP (the account's bare JID): a write on one drops the others' copies
+    changed_event = CHANGED
 
     def __init__(self, ctx: ModuleContext, view: Any, module: PEP) -> None:
         super().__init__(ctx, view)
@@ -93,12 +99,12 @@ class PEPEngine(PubSubEngine):
         caps = self.module.caps
         if caps is None:
             return []
-        want = node.name + "+notify"
         sessions = self.ctx.sessions
         owner = JID.parse(handle.service.jid)
         assert owner.local is not None
+        want = node.name  # the session's ``pep.notify``, published for every worker (issue 12)
         out = [s.jid.full for s in sessions.resources(owner.bare).values()
-               if s.available and want in (caps.features_of(s) or ())]
+               if s.available and want in (s.ext.get("pep.notify") or ())]
         roster = await self.module.roster.get_roster(owner.domain, owner.local)
         for contact, item in roster.items():
             if item.subscription not in ("from", "both"):
@@ -107,7 +113,7 @@ class PEPEngine(PubSubEngine):
             if not resources:
                 continue
             targets = [s.jid.full for s in resources.values()
-                       if s.available and want in (caps.features_of(s) or ())]
+                       if s.available and want in (s.ext.get("pep.notify") or ())]
             if targets and self.contact_allowed(handle, node, contact, item):
                 out += targets
         return out
@@ -182,8 +188,12 @@ class PEP(Module):
         if not feats:
             return
         notify = {f[:-7] for f in feats if f.endswith("+notify")}
-        before: set[str] = session.ext.get("pep.notify") or set()
-        session.ext["pep.notify"] = notify
+        before = set(session.ext.get("pep.notify") or ())
+        sessions = self.ctx.sessions
+        current = sessions.get(session.jid) is session
+        if current and (notify != before or "pep.notify" not in session.ext):
+            # XEP-0163 §4 implicit recipients, read on every worker (issue 12): a sorted list (JSON)
+            sessions.publish(session, "pep.notify", sorted(notify))
         new = notify - before
         if not new:
             return
@@ -233,8 +243,7 @@ class PEP(Module):
         handle = await self.service_of(contact)
         item = await self.engine.roster_item(contact.bare, user.bare)
         for session in list(self.ctx.sessions.resources(user.bare).values()):
-            notify: set[str] = session.ext.get("pep.notify") or set()
-            for name in sorted(notify):
+            for name in sorted(session.ext.get("pep.notify") or ()):
                 node = handle.service.nodes.get(name)
                 if node is None or not node.items or node.get("pubsub#send_last_published_item") != "on_sub_and_presence":
                     continue
@@ -245,6 +254,12 @@ class PEP(Module):
 
     @hook("user-deleted")
     def user_deleted(self, host: str, user: str) -> None:
+        self.engine.forget(host, user)
+
+    @hook(CHANGED)
+    @hook("user-forgotten")
+    def changed_elsewhere(self, host: str, user: str) -> None:
+        """Another worker wrote this account's PEP service (issue 12): reload it on next use."""
         self.engine.forget(host, user)
 
     async def publish_own(self, account: JID, name: str, item_id: str, payload: Element,

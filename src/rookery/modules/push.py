@@ -38,6 +38,13 @@ XDATA = "jabber:x:data"
 PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
 SUMMARY = "urn:xmpp:push:summary"
 KEY = "push"
+#: published ``ext`` flag of a push-enabled session kept detached (other workers tell its worker what
+#: they deliver to it: issue 12)
+DETACHED = "push.detached"
+#: cluster event: a message was delivered to a detached push-enabled session of another worker
+DELIVERED = "push-delivered"
+#: cluster event: a registration was disabled on another worker
+DISABLED = "push-disabled"
 
 
 def _form_type(x: Element) -> str | None:
@@ -74,6 +81,8 @@ class Push(Module):
         #: push-enabled sessions kept detached (XEP-0198); the message-delivered hook is installed
         #: only while there are some (the message path pays nothing otherwise)
         self._detached: set[Any] = set()
+        #: other workers' sessions that published ``DETACHED`` (full JIDs)
+        self._remote: set[str] = set()
         self._hook: Any = None
 
     # -- §5, §6 --------------------------------------------------------------------------------
@@ -123,29 +132,74 @@ class Push(Module):
             s, n = json.loads(key)
             if s == service and (node is None or n == node):
                 await self.registrations.delete(host, user, key)
+        self.ctx.sessions.broadcast(DISABLED, host, user, service, node)  # other workers' sessions (issue 12)
+        self._disabled(host, user, service, node)
+        return request.result()
+
+    @hook(DISABLED)
+    def _disabled(self, host: str, user: str, service: str, node: str | None) -> None:
+        """The registrations kept on this worker's sessions of the account go too."""
         for ref in self.ctx.sessions.resources(f"{user}@{host}").values():
-            regs = ref.ext.get(KEY)
+            regs = ref.ext.get(KEY) if ref.where == "local" else None
             if regs:
                 for key, (s, n, _o) in list(regs.items()):
                     if s == service and (node is None or n == node):
                         del regs[key]
-        return request.result()
 
     # -- §7 triggers ---------------------------------------------------------------------------
     @hook("session-bound")
     def bound(self, session: Any) -> None:
         self._counts.pop(session.jid.bare, None)
+        if session.ext.get(DETACHED):  # handed over from another worker to be resumed (issue 12)
+            self.ctx.sessions.publish(session, DETACHED, None)
 
     @fold("session-stream-lost", priority=-100)
     def stream_lost(self, keep: Any, session: Any) -> Any:
         """After stream management decided (priority 0): a push-enabled session kept detached."""
         if keep is True and session.ext.get(KEY):
             self._detached.add(session)
-            if self._hook is None:
-                self._hook = self.ctx.hook("message-delivered", self.delivered)
+            if self.ctx.sessions.peers():
+                self.ctx.sessions.publish(session, DETACHED, True)
+            self._hooked()
         return keep
 
+    def _hooked(self) -> None:
+        if self._hook is None:
+            self._hook = self.ctx.hook("message-delivered", self.delivered)
+
+    # -- workers (issue 12): detached sessions of other workers ---------------------------------
+    @hook("session-announced")
+    def announced(self, ref: Any) -> None:
+        full = ref.jid.full
+        if ref.ext.get(DETACHED):
+            self._remote.add(full)
+            self._hooked()
+        elif full in self._remote:
+            self._remote.discard(full)
+            self._prune()
+
+    @hook("session-gone")
+    def gone(self, ref: Any) -> None:
+        if ref.jid.full in self._remote:
+            self._remote.discard(ref.jid.full)
+            self._prune()
+
+    @hook(DELIVERED)
+    def delivered_elsewhere(self, full: str, sender: str | None, body: str) -> None:
+        """Another worker delivered a message to a detached session of ours."""
+        try:
+            session = self.ctx.sessions.get(JID.parse(full))
+            frm = JID.parse(sender) if sender else None
+        except InvalidJID:
+            return
+        if session is None or session not in self._detached or getattr(session, "attached", True):
+            return
+        el = Element("message")
+        SubElement(el, "body").text = body
+        self._notify_session(session, Stanza(el, frm, session.jid))
+
     @hook("session-ended")
+    @hook("session-handed-over")  # resumed on another worker (issue 12)
     def session_ended(self, session: Any) -> None:
         self._detached.discard(session)
         self._prune()
@@ -153,7 +207,9 @@ class Push(Module):
     def _prune(self) -> None:
         for s in [s for s in self._detached if getattr(s, "attached", False) or getattr(s, "ended", False)]:
             self._detached.discard(s)  # resumed or over
-        if not self._detached and self._hook is not None:
+            if not s.ended and s.ext.get(DETACHED):
+                self.ctx.sessions.publish(s, DETACHED, None)
+        if not self._detached and not self._remote and self._hook is not None:
             h, self._hook = self._hook, None
             h.remove()
             if h in self.ctx.handles:
@@ -163,15 +219,24 @@ class Push(Module):
         """A message reached a detached resource (XEP-0198): notify what that resource enabled."""
         detached = self._detached
         for t in targets:
-            if t in detached and not getattr(t, "attached", True) and st.el.find("body") is not None:
-                regs = t.ext.get(KEY)
-                if not regs:
-                    continue
-                jid = t.jid
-                n = self._bump(jid.bare)
-                for service, node, options in list(regs.values()):
-                    self._publish(jid.domain, jid.local, service, node, options, st, n)
+            if st.el.find("body") is None:
+                break
+            if t in detached and not getattr(t, "attached", True):
+                self._notify_session(t, st)
+            elif t.where != "local" and t.ext.get(DETACHED):
+                frm = st.from_
+                self.ctx.sessions.broadcast(DELIVERED, t.jid.full, frm.full if frm is not None else None,
+                                            st.el.findtext("body") or "")
         self._prune()
+
+    def _notify_session(self, t: Any, st: Stanza) -> None:
+        regs = t.ext.get(KEY)
+        if not regs:
+            return
+        jid = t.jid
+        n = self._bump(jid.bare)
+        for service, node, options in list(regs.values()):
+            self._publish(jid.domain, jid.local, service, node, options, st, n)
 
     @fold("delivery-failed", priority=-100)
     def stored(self, handled: bool, st: Stanza) -> bool:

@@ -380,6 +380,16 @@ class Roster(Module):
         if jid is not None and jid.local is not None and not self._online(jid.domain, jid.local):
             self._forget(jid.domain, jid.local)
 
+    @hook("user-forgotten")
+    def user_forgotten(self, host: str, user: str) -> None:
+        """The account was deleted on another worker (issue 12), which pushes the removal: the rosters
+        cached here forget it."""
+        self._forget(host, user)
+        bare = f"{user}@{host}"
+        for key, c in list(self._cache.items()):
+            if bare in c.items:
+                self._cache.pop(key, None)
+
     @hook("user-deleted")
     async def user_deleted(self, host: str, user: str) -> None:
         """Forget the account's roster; storage has removed it from the rosters of local contacts

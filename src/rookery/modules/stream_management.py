@@ -49,8 +49,12 @@ from xml.etree.ElementTree import Element
 
 from pydantic import Field
 
+from ..jid import JID, InvalidJID
 from ..module import Module, Options, element_handler, fold, hook
+from ..routing.registry import PUBLISHED
 from ..xml import ns
+from ..xml.parser import parse_fragment
+from ..xml.serializer import serialize
 from .time import format_datetime
 
 NS = "urn:xmpp:sm:3"
@@ -61,6 +65,15 @@ MASK = 0xFFFFFFFF  # §4: h is an unsigned 32-bit integer and wraps to zero
 _STANZAS = frozenset(("message", "presence", "iq", "{jabber:client}message", "{jabber:client}presence",
                       "{jabber:client}iq"))
 _DELAY = f"{{{ns.DELAY}}}delay"
+#: published ``ext`` key: the SM-ID of a resumable session (a worker that gets ``<resume/>`` finds the
+#: holder of a session in the directory by it: issue 12)
+ID_KEY = "smacks.id"
+#: cluster call: give up a detached session to the worker where the client resumes it
+HANDOVER = "smacks.handover"
+#: seconds the resuming worker waits for the holder's answer
+HANDOVER_TIMEOUT = 5.0
+#: seconds before that timeout after which the holder no longer gives a session up
+HANDOVER_MARGIN = 1.0
 
 
 # -- §4 counter arithmetic (pure) -----------------------------------------------------------------
@@ -190,7 +203,11 @@ class StreamManagement(Module):
         self._enabled = 0
         self._filter: Any = None
 
+    async def start(self) -> None:
+        self.ctx.sessions.serve(HANDOVER, self._give_up)
+
     async def stop(self) -> None:
+        self.ctx.sessions.serve(HANDOVER, None)
         # detached sessions cannot be resumed without us: end them (their stanzas are re-routed)
         for session in list(self._by_id.values()):
             if session.stream is None and not session.ended:
@@ -253,14 +270,27 @@ class StreamManagement(Module):
             st.id = secrets.token_urlsafe(24)
             st.max = mx
             self._by_id[st.id] = session
+            if self.ctx.sessions.peers():
+                self.ctx.sessions.publish(session, ID_KEY, st.id)  # found from any worker (issue 12)
             reply.set("id", st.id)
             reply.set("resume", "true")
             reply.set("max", str(mx))
         session.ext[KEY] = st
+        self._counting()
+        stream.send(reply)
+
+    def _counting(self) -> None:
         self._enabled += 1
         if self._filter is None:
             self._filter = self.ctx.filter(self.count, priority=-1000)
-        stream.send(reply)
+
+    def _not_counting(self) -> None:
+        self._enabled -= 1
+        if self._enabled <= 0 and self._filter is not None:
+            h, self._filter, self._enabled = self._filter, None, 0
+            h.remove()
+            if h in self.ctx.handles:
+                self.ctx.handles.remove(h)
 
     # -- §4 acks -------------------------------------------------------------------------------
     @staticmethod
@@ -364,7 +394,10 @@ class StreamManagement(Module):
         if h is None:
             stream.send(_failed("bad-request"))
             return
-        session = self._by_id.get(el.get("previd") or "")
+        previd = el.get("previd") or ""
+        session = self._by_id.get(previd)
+        if session is None and previd and self.ctx.sessions.peers():
+            return self._resume_from_elsewhere(stream, previd, h)  # type: ignore[return-value]
         if (session is None or session.ended or session.jid.local != stream.username
                 or session.jid.domain != stream.local_domain):
             # unknown, expired, or another account's: the same answer, nothing to learn from it
@@ -377,6 +410,17 @@ class StreamManagement(Module):
         if newly_acked(h, st.acked) > len(st.unacked):
             self._too_high(stream, h, st)
             return
+        if not self._take_over(session, st):
+            stream.send(_failed("item-not-found"))
+            return
+        # what waited in the session queue is also in ``unacked``: sent once, from there, below
+        kept = {id(e) for e, _ in st.unacked}
+        extra = [e for e in session.take_queue() if id(e) not in kept]
+        self._resumed(stream, session, st, h, extra)
+
+    @staticmethod
+    def _take_over(session: Any, st: SMState) -> bool:
+        """Detach the session from a stream that still carries it; False when that ended it."""
         old = session.stream
         if old is not None:
             # §5: "the server SHOULD send a 'conflict' stream error and close that stream"
@@ -386,16 +430,16 @@ class StreamManagement(Module):
             finally:
                 st.taking_over = False
             if session.stream is not None or session.ended:
-                stream.send(_failed("item-not-found"))
-                return
+                return False
+        return True
+
+    def _resumed(self, stream: Any, session: Any, st: SMState, h: int, extra: list[Element]) -> None:
+        """§5: ``<resumed/>``, then what ``h`` did not acknowledge, then what waited besides."""
         st.ack(h)
         if st.timer is not None:
             st.timer.cancel()
             st.timer = None
         st.r_pending = False
-        # what waited in the session queue is also in ``unacked``: sent once, from there, below
-        kept = {id(e) for e, _ in st.unacked}
-        extra = [e for e in session.take_queue() if id(e) not in kept]
         stream.send(Element(f"{{{NS}}}resumed", h=str(st.h_in(session)), previd=st.id or ""))
         stream.resume(session)
         for e, _ in st.unacked:
@@ -405,6 +449,129 @@ class StreamManagement(Module):
         if st.unacked:
             st.r_pending = True
             stream.send(Element(f"{{{NS}}}r"))
+
+    # -- §5 resumption on another worker (issue 12) ----------------------------------------------
+    def _give_up(self, req: dict[str, Any]) -> dict[str, Any] | None:
+        """The holder's side of a hand-over: the detached (or still attached: closed with
+        ``<conflict/>``) session ``req["id"]`` of ``req["user"]@req["domain"]`` leaves this worker
+        without ending — no ``session-ended``: its presence, rooms and unacknowledged stanzas go on
+        elsewhere — and its state is the answer (None: no such session here)."""
+        if time.time() > float(req.get("until", 0) or 0):
+            return None  # the resuming worker stops waiting before the answer could reach it
+        session: Any = self._by_id.get(str(req.get("id", "")))
+        if (session is None or session.ended or session.jid.local != req.get("user")
+                or session.jid.domain != req.get("domain")):
+            return None
+        st = session.ext.get(KEY)
+        if st is None or st.overflow or not self._take_over(session, st):
+            return None
+        # modules let go of it, and give it what they hold back (CSI): counted and kept below
+        r = self.ctx.fire("session-handed-over", session)
+        if r is not None:
+            self.ctx.spawn(r)
+        kept = {id(e) for e, _ in st.unacked}
+        extra = [serialize(e) for e in session.take_queue() if id(e) not in kept]
+        ext = session.ext
+        published = {k: ext[k] for k in ext.get(PUBLISHED, ()) if k in ext}
+        pres = session.presence
+        state = {
+            "jid": session.jid.full, "priority": session.priority, "available": session.available,
+            "interested": session.interested, "presence": serialize(pres) if pres is not None else None,
+            "ext": published, "directed": sorted(ext.get("presence.directed") or ()),
+            "id": st.id, "max": st.max, "h_in": st.h_in(session), "out": st.out, "acked": st.acked,
+            "unacked": [[serialize(e), when] for e, when in st.unacked], "keep": sorted(st.keep),
+            "extra": extra,
+        }
+        # forget it here, with no side effect: the resuming worker announces it as moved
+        if st.timer is not None:
+            st.timer.cancel()
+            st.timer = None
+        del ext[KEY]
+        if st.id is not None and self._by_id.get(st.id) is session:
+            del self._by_id[st.id]
+        self._not_counting()
+        st.unacked.clear()
+        st._wake(False)
+        session.ended = True
+        self.ctx.sessions.remove(session, moved=True)
+        self.log.info("%s: handed over for resumption on another worker", session.jid)
+        return state
+
+    async def _resume_from_elsewhere(self, stream: Any, previd: str, h: int) -> None:
+        """The resuming side: find the worker that holds ``previd`` (its published SM-ID), ask it to
+        give the session up, and resume it here; ``<failed><item-not-found/>`` when that fails."""
+        sessions = self.ctx.sessions
+        bare = f"{stream.username}@{stream.local_domain}"
+        holder = next((r for r in sessions.resources(bare).values()
+                       if r.where != "local" and r.ext.get(ID_KEY) == previd), None)
+        state = None
+        if holder is not None:
+            try:
+                state = await sessions.call(holder.worker, HANDOVER,  # type: ignore[attr-defined]
+                                            {"id": previd, "user": stream.username, "domain": stream.local_domain,
+                                             # a late holder keeps the session rather than give it up
+                                             # into a call that timed out (its stanzas would be lost)
+                                             "until": time.time() + HANDOVER_TIMEOUT - HANDOVER_MARGIN},
+                                            timeout=HANDOVER_TIMEOUT)
+            except (TimeoutError, ConnectionError, RuntimeError) as err:
+                self.log.warning("resumption of a session of %s on %s failed: %s", bare, holder.where, err)
+        if not state:
+            if not stream.closed:
+                stream.send(_failed("item-not-found"))
+            return
+        try:
+            session, st, extra = self._adopt(stream, state)
+        except (ValueError, InvalidJID, KeyError, TypeError):
+            self.log.exception("a handed-over session of %s could not be restored", bare)
+            if not stream.closed:
+                stream.send(_failed("item-not-found"))
+            return
+        if stream.closed or stream.session is not None:
+            # the client went away meanwhile: the session ends here as if never resumed (its
+            # unacknowledged stanzas are routed again: nothing is lost)
+            for e in extra:
+                session.send(e)
+            sessions.close(session)
+            return
+        if newly_acked(h, st.acked) > len(st.unacked):
+            for e in extra:
+                session.send(e)
+            self._too_high(stream, h, st)
+            sessions.close(session)
+            return
+        kept = {id(e) for e, _ in st.unacked}
+        extra += [e for e in session.take_queue() if id(e) not in kept]
+        self._resumed(stream, session, st, h, extra)
+
+    def _adopt(self, stream: Any, state: dict[str, Any]) -> tuple[Any, SMState, list[Element]]:
+        jid = JID.parse(state["jid"])
+        opts = self.ctx.options_for(jid.domain)
+        st = SMState(0, opts.request_ack_after, opts.max_unacked_stanzas)
+        st.base_in = (-int(state["h_in"])) & MASK  # the new session counts from 0: h_in carries on
+        st.id, st.max = state["id"], int(state["max"])
+        st.out, st.acked = int(state["out"]) & MASK, int(state["acked"]) & MASK
+        st.unacked.extend((parse_fragment(x), float(when)) for x, when in state["unacked"])
+        st.keep = {int(p) for p in state["keep"]}
+        extra = [parse_fragment(x) for x in state["extra"]]
+        published = dict(state["ext"])
+        ext: dict[str, Any] = dict(published)
+        ext[PUBLISHED] = set(published)
+        if state["directed"]:
+            ext["presence.directed"] = set(state["directed"])
+        ext[KEY] = st
+        pres = state["presence"]
+        routing = {"priority": int(state["priority"]), "available": bool(state["available"]),
+                   "interested": bool(state["interested"]),
+                   "presence": parse_fragment(pres) if pres else None}
+        self._counting()
+        try:
+            session = stream.host.adopt(stream, jid, routing, ext)
+        except Exception:
+            self._not_counting()
+            raise
+        if st.id is not None:
+            self._by_id[st.id] = session
+        return session, st, extra
 
     # -- the end of a session: what was not acknowledged goes elsewhere -------------------------
     @hook("session-ended")
@@ -417,12 +584,7 @@ class StreamManagement(Module):
             st.timer = None
         if st.id is not None and self._by_id.get(st.id) is session:
             del self._by_id[st.id]
-        self._enabled -= 1
-        if self._enabled <= 0 and self._filter is not None:
-            h, self._filter, self._enabled = self._filter, None, 0
-            h.remove()
-            if h in self.ctx.handles:
-                self.ctx.handles.remove(h)
+        self._not_counting()
         unacked = list(st.unacked)
         st.unacked.clear()
         st._wake(False)

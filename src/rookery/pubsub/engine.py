@@ -112,6 +112,9 @@ class PubSubEngine:
     auto_create = False
     #: most services kept in memory (least recently used ones are dropped; they reload from storage)
     cache_size = 2000
+    #: the cluster event that tells the other workers a service was written (they drop their copy and
+    #: reload it from storage: issue 12); None: the service lives on one worker only (``pubsub.D``)
+    changed_event: str | None = None
 
     def __init__(self, ctx: Any, view: Any) -> None:
         self.ctx = ctx
@@ -173,7 +176,7 @@ class PubSubEngine:
         self._loading[key] = fut
         try:
             svc = Service(jid)
-            store = ServiceStore(self.view, host, user)
+            store = ServiceStore(self.view, host, user, self._changer(host, user) if self.changed_event else None)
             await store.load(svc)
             h = ServiceHandle(svc, store, host, user)
             self._services[key] = h
@@ -189,6 +192,14 @@ class PubSubEngine:
             raise
         finally:
             del self._loading[key]
+
+    def _changer(self, host: str, user: str) -> Any:
+        event, sessions = self.changed_event, self.ctx.sessions
+
+        def changed() -> None:
+            sessions.broadcast(event, host, user)
+
+        return changed
 
     def forget(self, host: str, user: str) -> None:
         self._services.pop((host, user), None)

@@ -9,16 +9,19 @@ on first use and written through: every change is stored before it is acknowledg
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .core import Item, Node, Service, Subscription
 
 
 class ServiceStore:
-    def __init__(self, view: Any, host: str, user: str) -> None:
+    def __init__(self, view: Any, host: str, user: str, changed: Callable[[], None] | None = None) -> None:
         self.view = view
         self.host = host
         self.user = user
+        #: called after each write (other workers drop their copy of the service: issue 12)
+        self.changed = changed
 
     async def load(self, service: Service) -> None:
         keys = await self.view.keys(self.host, self.user)
@@ -47,8 +50,13 @@ class ServiceStore:
                 owner.items[item.id] = item
             service.seq = max(service.seq, item.seq)
 
+    def _written(self) -> None:
+        if self.changed is not None:
+            self.changed()
+
     async def save_node(self, node: Node) -> None:
         await self.view.set(self.host, self.user, "n:" + node.name, json.dumps(node.to_dict()))
+        self._written()
 
     async def delete_node(self, node: Node) -> None:
         for item_id in list(node.items):
@@ -56,18 +64,23 @@ class ServiceStore:
         for jid in list(node.subscriptions):
             await self.view.delete(self.host, self.user, f"s:{node.name}\n{jid}")
         await self.view.delete(self.host, self.user, "n:" + node.name)
+        self._written()
 
     async def save_item(self, node: Node, item: Item) -> None:
         if node.persistent:
             await self.view.set(self.host, self.user, f"i:{node.name}\n{item.id}", json.dumps(item.to_dict()))
+            self._written()
 
     async def delete_item(self, node: Node, item_id: str, *, stored: bool | None = None) -> None:
         """Forget a stored item (nothing to do on a transient node unless ``stored``)."""
         if stored or (stored is None and node.persistent):
             await self.view.delete(self.host, self.user, f"i:{node.name}\n{item_id}")
+            self._written()
 
     async def save_subscription(self, node: Node, sub: Subscription) -> None:
         await self.view.set(self.host, self.user, f"s:{node.name}\n{sub.jid}", json.dumps(sub.to_dict()))
+        self._written()
 
     async def delete_subscription(self, node: Node, jid: str) -> None:
         await self.view.delete(self.host, self.user, f"s:{node.name}\n{jid}")
+        self._written()

@@ -75,8 +75,9 @@ class SessionRegistry(Protocol):
         """Register; returns the session that had this full JID (to be closed with ``<conflict/>``)."""
         ...
 
-    def remove(self, ref: SessionRef) -> bool:
-        """Unregister (only if still the registered one); True when it was."""
+    def remove(self, ref: SessionRef, moved: bool = False) -> bool:
+        """Unregister (only if still the registered one); True when it was.  ``moved``: the session
+        continues on another worker (XEP-0198 hand-over), which announces it: nothing to tell."""
         ...
 
     def get(self, jid: JID) -> SessionRef | None: ...
@@ -103,6 +104,20 @@ class SessionRegistry(Protocol):
 
     def local_all(self) -> list[SessionRef]:
         """The sessions this process holds (``all`` is every worker's)."""
+        ...
+
+    def peers(self) -> list[int]:
+        """The other workers this one is connected to (none in one process)."""
+        ...
+
+    async def call(self, worker: int, name: str, payload: Any, timeout: float = 5.0) -> Any:
+        """Run the handler ``name`` (``serve``) on ``worker`` with ``payload`` (JSON) and return its reply.
+        Raises ``TimeoutError``, ``ConnectionError`` (no such worker) or ``RuntimeError`` (it failed there)."""
+        ...
+
+    def serve(self, name: str, fn: Callable[[Any], Any] | None) -> None:
+        """Answer other workers' ``call(…, name, payload)`` with ``fn(payload)`` (a JSON value, or an
+        awaitable of one); None: no longer."""
         ...
 
     def deliver(self, ref: SessionRef, el: Element) -> None: ...
@@ -148,7 +163,7 @@ class LocalSessionRegistry:
         res[jid.resource] = session
         return old if old is not session else None
 
-    def remove(self, ref: SessionRef) -> bool:
+    def remove(self, ref: SessionRef, moved: bool = False) -> bool:
         jid = ref.jid
         res = self._by_bare.get(jid.bare)
         if res is None or res.get(jid.resource or "") is not ref:
@@ -195,6 +210,15 @@ class LocalSessionRegistry:
 
     def broadcast(self, name: str, *args: Any) -> None:
         return None  # one process: nobody else to tell
+
+    def peers(self) -> list[int]:
+        return []
+
+    async def call(self, worker: int, name: str, payload: Any, timeout: float = 5.0) -> Any:
+        raise ConnectionError("one process: no other worker")
+
+    def serve(self, name: str, fn: Callable[[Any], Any] | None) -> None:
+        return None
 
     def deliver(self, ref: SessionRef, el: Element) -> None:
         ref.send(el)  # type: ignore[attr-defined]
