@@ -363,6 +363,8 @@ class Server:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Graceful stop: no new connections, every stream closed with <system-shutdown/>."""
+        if self.cluster is not None:
+            self.cluster.stopping = True
         if self._keepalive is not None:
             self._keepalive.cancel()
         for srv in self.listeners:

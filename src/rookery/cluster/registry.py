@@ -80,6 +80,8 @@ class ClusterSessionRegistry:
         self._call_ids = itertools.count(1)
         self._replying: set[asyncio.Future[None]] = set()
         self._bind_clock = 0.0
+        #: set when this worker stops (a peer that goes meanwhile is stopping too)
+        self.stopping = False
 
     @property
     def on_detached_close(self) -> Any:
@@ -120,6 +122,8 @@ class ClusterSessionRegistry:
 
     def peer_down(self, peer: int) -> None:
         lost = self.directory.drop_worker(peer)
+        if self.stopping:  # the whole server stops: nobody is left to tell
+            lost = []
         alive = [i for i in self.mesh.alive() if i != peer]
         designated = bool(alive) and alive[0] == self.index
         if lost:
