@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import time
 from collections.abc import Awaitable, Callable
 from inspect import isawaitable
 from typing import Any
 from xml.etree.ElementTree import Element
 
-from . import admin, server_secret, tls
+from . import admin, fdlimit, server_secret, tls
 from .components import Components
 from .config import Config
 from .control import SOCKET_NAME, ControlServer
@@ -47,7 +46,7 @@ log = logging.getLogger(__name__)
 conn_log = logging.getLogger("rookery.c2s")
 
 CONN_LOG_PER_SECOND = 50  # connection opened/closed lines at most, then a summary
-FD_RESERVE = 64  # file descriptors kept for listeners, storage, logs, the control socket
+FD_RESERVE = fdlimit.FD_RESERVE  # file descriptors kept for listeners, storage, logs, the control socket
 
 
 def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
@@ -264,21 +263,10 @@ class Server:
 
     def _max_connections(self) -> int:
         """``[limits] max_connections``, or what the file descriptor limit allows (raised to its hard
-        limit first) less a reserve for listeners, storage, logs and the control socket."""
-        if self.config.limits.max_connections:
-            return self.config.limits.max_connections
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1048576)
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-                log.info("raised the open file limit from %d to %d", soft, target)
-                soft = target
-            except (ValueError, OSError) as e:
-                log.warning("cannot raise the open file limit from %d: %s", soft, e)
-        if soft == resource.RLIM_INFINITY:
-            return 0
-        return max(16, soft - FD_RESERVE)
+        limit first, ``fdlimit``) less a reserve for listeners, storage, logs and the control socket."""
+        configured = self.config.limits.max_connections
+        soft = fdlimit.raise_nofile_limit(configured)
+        return configured or fdlimit.connections_allowed(soft)
 
     def new_c2s_stream(self, transport: Any, framer: Any = None) -> C2SStream:
         """A c2s stream on ``transport`` (any ``Transport``; the RFC 6120 framer unless given)."""
