@@ -870,6 +870,7 @@ class Bench:
         meter = CpuMeter(a.server_pid)
         t_end = time.monotonic() + a.hold
         rtts: list[float] = []
+        slow: list[list[float]] = []
         loop = asyncio.get_running_loop()
         for i in range(a.pings if pinger is not None else 0):
             assert pinger is not None
@@ -882,7 +883,10 @@ class Bench:
             pinger.write(f"<iq type='get' id='pg{i}' to='{xml_escape(a.domain)}'><ping xmlns='urn:xmpp:ping'/></iq>")
             try:
                 await asyncio.wait_for(pinger.pong, 5)
-                rtts.append((time.perf_counter() - t0) * 1000)
+                rtt = (time.perf_counter() - t0) * 1000
+                rtts.append(rtt)
+                if rtt > 10:  # when the slow ones came (seconds into the hold), to tell what held the server
+                    slow.append([round(time.monotonic() - meter.t0, 2), round(rtt, 1)])
             except TimeoutError:
                 self.errors["ping_timeout"] += 1
             pinger.pong = None
@@ -903,6 +907,7 @@ class Bench:
             r["ping_p50_ms"] = round(statistics.median(rtts), 3)
             r["ping_p99_ms"] = round(rtts[min(len(rtts) - 1, int(0.99 * len(rtts)))], 3)
             r["ping_max_ms"] = round(rtts[-1], 3)
+            r["ping_slow"] = slow
         r["rss_held_kib"] = read_rss_kib(a.server_pid)
         log(f"idle {r['idle_s']} s: server CPU {r['idle_server_cpu_pct']} %, pings p50 {r.get('ping_p50_ms')} "
             f"max {r.get('ping_max_ms')} ms")
