@@ -1,5 +1,5 @@
-"""Whitespace keepalives (RFC 6120 §4.6.1) go out ``KEEPALIVE_BATCH`` streams per event-loop turn, so
-that a pass over many connections never holds the loop for long."""
+"""Whitespace keepalives (RFC 6120 §4.6.1) go out ``KEEPALIVE_BATCH`` streams at a time, spaced out, so
+that a pass over many connections never holds the event loop for long."""
 
 from __future__ import annotations
 
@@ -30,3 +30,9 @@ async def test_keepalives_are_spread_over_loop_turns(tmp_path: Path) -> None:
     for _ in range(5):
         await asyncio.sleep(0)
     assert sent == list(range(n))  # every stream once, in order
+    sent.clear()
+    srv._keepalive_batch(streams, 0, 0.05)  # batches 50 ms apart
+    await asyncio.sleep(0.02)
+    assert len(sent) == server_mod.KEEPALIVE_BATCH
+    await asyncio.sleep(0.2)
+    assert sent == list(range(n))
