@@ -9,7 +9,7 @@
 #
 # Environment: N CLIENTS DURATION RATE REPEAT LOOPS ("asyncio uvloop") MODES ("tcp starttls direct")
 # HOLD (seconds the sessions stay idle after the RSS reading: the server's idle CPU) PINGS (XEP-0199 pings timed
-# during the hold, from one more client) KEEPALIVE ([c2s] keepalive_interval for the run)
+# during the hold, from one more client, every PING_INTERVAL s) KEEPALIVE ([c2s] keepalive_interval for the run)
 # TAG (a prefix for labels and result files) USABLE (1: --usable) MECH (SASL preference, default SCRAM-SHA-256,SCRAM-SHA-1) CONFIG (default
 # bench/rookery-bench.toml) ROOKERY_PY (default .venv/bin/python) PY (the load generator's Python).
 # Results: bench/.results/tls-<loop>-<mode>-<i>.json and a median table on stderr.
@@ -72,6 +72,7 @@ for r in $(seq 1 "$REPEAT"); do
         [ "${USABLE:-0}" = 1 ] && extra+=(--usable)
         [ -n "${HOLD:-}" ] && extra+=(--hold "$HOLD")
         [ -n "${PINGS:-}" ] && extra+=(--pings "$PINGS")
+        [ -n "${PING_INTERVAL:-}" ] && extra+=(--ping-interval "$PING_INTERVAL")
         f=$OUT/tls-${TAG:-}$loop-$mode-$r.json
         echo "# run $r/$REPEAT $loop $mode (server pid $SPID, load $(cut -d' ' -f1 /proc/loadavg))" >&2
         taskset -c "$CLIENT_CPU" "$PY" bench/xmppload.py --host 127.0.0.1 --domain localhost --user 'bench{n}' \
