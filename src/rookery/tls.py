@@ -97,20 +97,26 @@ def _share_tls_read_buffer(cls: type, size: int) -> None:
     resident per idle connection: bytearrays are zero-filled).  The buffer only carries ciphertext
     from ``sock.recv_into`` to ``buffer_updated``, which copies it into the connection's incoming BIO
     in the same synchronous call (``get_buffer``, ``recv_into``, ``buffer_updated``: asyncio's
-    selector transports on Unix), so one event-loop thread can share it between connections."""
+    selector transports on Unix), so the connections of one event-loop thread can share it."""
     import sys
+    import threading
 
     init = cls.__init__  # type: ignore[misc]
     if getattr(init, "_rookery_shared", None) == size or sys.platform == "win32":  # proactor reads overlap
         return
     original = getattr(init, "_rookery_original", init)
-    shared = bytearray(size)
-    view = memoryview(shared)
+    # one buffer per thread: a protocol is used only on its event loop's thread, and a process may run
+    # several loops in several threads (the tests do: two federated servers in one process)
+    local = threading.local()
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
         if len(self._ssl_buffer) <= size:  # what get_buffer() asks for never exceeds max_size
-            self._ssl_buffer, self._ssl_buffer_view = shared, view
+            shared = getattr(local, "buffer", None)
+            if shared is None:
+                buf = bytearray(size)
+                shared = local.buffer = (buf, memoryview(buf))
+            self._ssl_buffer, self._ssl_buffer_view = shared
 
     __init__._rookery_shared = size  # type: ignore[attr-defined]
     __init__._rookery_original = original  # type: ignore[attr-defined]
