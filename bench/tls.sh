@@ -8,6 +8,8 @@
 #   USABLE=1 MECH=SCRAM-SHA-256 DURATION=0 bench/tls.sh   # logins only, clock stopped at "usable"
 #
 # Environment: N CLIENTS DURATION RATE REPEAT LOOPS ("asyncio uvloop") MODES ("tcp starttls direct")
+# HOLD (seconds the sessions stay idle after the RSS reading: the server's idle CPU) PINGS (XEP-0199 pings timed
+# during the hold, from one more client, every PING_INTERVAL s) KEEPALIVE ([c2s] keepalive_interval for the run)
 # TAG (a prefix for labels and result files) USABLE (1: --usable) MECH (SASL preference, default SCRAM-SHA-256,SCRAM-SHA-1) CONFIG (default
 # bench/rookery-bench.toml) ROOKERY_PY (default .venv/bin/python) PY (the load generator's Python).
 # Results: bench/.results/tls-<loop>-<mode>-<i>.json and a median table on stderr.
@@ -43,7 +45,8 @@ for r in $(seq 1 "$REPEAT"); do
   for loop in $LOOPS; do
     cfg=$(mktemp --suffix=.toml)
     { echo "event_loop = \"$loop\""; sed -E -e "s/^listen = \[\"127\.0\.0\.1:[0-9]+\"\]/listen = [\"127.0.0.1:$C2S\"]/" \
-        -e "s/^direct_tls_listen = \[[^]]*\]/direct_tls_listen = [\"127.0.0.1:$DIRECT\"]/" "$CONFIG"; } > "$cfg"
+        -e "s/^direct_tls_listen = \[[^]]*\]/direct_tls_listen = [\"127.0.0.1:$DIRECT\"]/" \
+        -e "s/^\[c2s\]$/[c2s]${KEEPALIVE:+\\nkeepalive_interval = $KEEPALIVE}/" "$CONFIG"; } > "$cfg"
     for mode in $MODES; do
         if port_busy "$C2S" || port_busy "$DIRECT"; then
             echo "!! 127.0.0.1:$C2S or :$DIRECT is in use (another server?): $loop $mode run $r skipped" >&2
@@ -67,6 +70,9 @@ for r in $(seq 1 "$REPEAT"); do
             direct) extra=(--port "$DIRECT" --direct-tls) ;;
         esac
         [ "${USABLE:-0}" = 1 ] && extra+=(--usable)
+        [ -n "${HOLD:-}" ] && extra+=(--hold "$HOLD")
+        [ -n "${PINGS:-}" ] && extra+=(--pings "$PINGS")
+        [ -n "${PING_INTERVAL:-}" ] && extra+=(--ping-interval "$PING_INTERVAL")
         f=$OUT/tls-${TAG:-}$loop-$mode-$r.json
         echo "# run $r/$REPEAT $loop $mode (server pid $SPID, load $(cut -d' ' -f1 /proc/loadavg))" >&2
         taskset -c "$CLIENT_CPU" "$PY" bench/xmppload.py --host 127.0.0.1 --domain localhost --user 'bench{n}' \
@@ -89,7 +95,8 @@ for p in sys.argv[1:]:
 keys = [("logins_per_s", "logins/s"), ("login_per_server_cpu_s", "logins/server-cpu-s"),
         ("login_p50_ms", "login p50 ms"), ("kib_per_connection", "KiB/conn"), ("msgs_per_s", "msgs/s"),
         ("msgs_per_server_cpu_s", "msgs/server-cpu-s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-        ("errors", "errors"), ("max_other_cpu_pct", "other CPU %")]
+        ("errors", "errors"), ("max_other_cpu_pct", "other CPU %"), ("idle_cpu_us_per_conn_s", "idle us/conn/s"),
+        ("ping_p50_ms", "ping p50 ms"), ("ping_max_ms", "ping max ms")]
 def med(vals):
     vals = [v for v in vals if isinstance(v, (int, float))]
     return round(statistics.median(vals), 2) if vals else None

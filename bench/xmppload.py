@@ -41,6 +41,7 @@ import os
 import re
 import resource
 import ssl
+import statistics
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -189,6 +190,8 @@ class Conn(asyncio.Protocol):
         self.acked = 0  # of those, how many the peer received
         self.sm = False  # XEP-0198 enabled: count stanzas, answer <r/>
         self.h = 0  # stanzas received since <enable/>
+        self.pong: asyncio.Future[None] | None = None  # --pings: waiting for the answer to this id
+        self.pong_id = b""
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -315,6 +318,9 @@ class Conn(asyncio.Protocol):
             log(f"received by #{self.idx} ({self.jid}): {data[:600]!r}")
         if b"stream:error" in data or b"</stream:stream" in data:
             bench.errors["stream_error_in_session"] += 1
+        pong = self.pong
+        if pong is not None and self.pong_id in data and not pong.done():
+            pong.set_result(None)
         if self.sm:
             self.h = (self.h + len(STANZA_RE.findall(data))) & 0xFFFFFFFF
             if SM_R.search(data) is not None and self.transport is not None and not self.closed:
@@ -517,6 +523,7 @@ class Bench:
         self.lost = 0  # sent but never received (within the drain timeout)
         self.latencies: list[int] = []
         self.pairs: list[Conn] = []
+        self.extra: list[Conn] = []  # connections that are not among the N sessions (the --pings client)
         self.result: dict[str, Any] = {
             "server": args.label or f"{args.host}:{args.port}",
             "sm": args.sm,
@@ -874,6 +881,8 @@ class Bench:
             r["kib_per_connection"] = None
         if rss_after is not None:
             log(f"server RSS {r['rss_before_kib']} -> {rss_after} KiB = {r['kib_per_connection']} KiB/conn")
+        if a.hold > 0 or a.pings > 0:
+            await self.idle_hold()
         self.pairs = self.make_pairs()
         r["clients"] = len(self.pairs)
         if a.duration > 0 and len(self.pairs) >= 2:
@@ -881,13 +890,75 @@ class Bench:
             await self.latency()
             r["rss_end_kib"] = read_rss_kib(a.server_pid)
 
+    async def idle_hold(self) -> None:
+        """--hold / --pings: the N sessions stay idle for --hold seconds (the server's CPU over that
+        time: what idle connections cost, keepalives included), while one more client, logged in
+        after the RSS reading, sends --pings XEP-0199 pings to the server one after another (every
+        --ping-interval s) and times each answer."""
+        a = self.args
+        r = self.result
+        pinger: Conn | None = None
+        if a.pings > 0:
+            try:
+                pinger = await self.login(a.connections)
+            except LoginError as e:
+                self.errors[f"pinger_{e.kind}"] += 1
+                log(f"the pinger could not log in: {e}")
+        meter = CpuMeter(a.server_pid)
+        t_end = time.monotonic() + a.hold
+        rtts: list[float] = []
+        slow: list[list[float]] = []
+        loop = asyncio.get_running_loop()
+        for i in range(a.pings if pinger is not None else 0):
+            assert pinger is not None
+            if pinger.closed:
+                self.errors["pinger_lost"] += 1
+                break
+            pinger.pong_id = f"'pg{i}'".encode()
+            pinger.pong = loop.create_future()
+            t0 = time.perf_counter()
+            pinger.write(f"<iq type='get' id='pg{i}' to='{xml_escape(a.domain)}'><ping xmlns='urn:xmpp:ping'/></iq>")
+            try:
+                await asyncio.wait_for(pinger.pong, 5)
+                rtt = (time.perf_counter() - t0) * 1000
+                rtts.append(rtt)
+                if rtt > 10:  # when the slow ones came (seconds into the hold), to tell what held the server
+                    slow.append([round(time.monotonic() - meter.t0, 2), round(rtt, 1)])
+            except TimeoutError:
+                self.errors["ping_timeout"] += 1
+            pinger.pong = None
+            await asyncio.sleep(a.ping_interval)
+        rest = t_end - time.monotonic()
+        if rest > 0:
+            await asyncio.sleep(rest)
+        c = meter.stop()
+        r["idle_s"] = round(c["wall_s"], 1)
+        r["idle_server_cpu_pct"] = c["server_cpu_pct"]
+        r["idle_other_cpu_pct"] = c["other_cpu_pct"]
+        if c["server_cpu_s"] is not None and a.connections:
+            # microseconds of server CPU per held connection per second (pings and keepalives included)
+            r["idle_cpu_us_per_conn_s"] = round(1e6 * c["server_cpu_s"] / c["wall_s"] / a.connections, 3)
+        if rtts:
+            rtts.sort()
+            r["pings"] = len(rtts)
+            r["ping_p50_ms"] = round(statistics.median(rtts), 3)
+            r["ping_p99_ms"] = round(rtts[min(len(rtts) - 1, int(0.99 * len(rtts)))], 3)
+            r["ping_max_ms"] = round(rtts[-1], 3)
+            r["ping_slow"] = slow
+        r["rss_held_kib"] = read_rss_kib(a.server_pid)
+        log(f"idle {r['idle_s']} s: server CPU {r['idle_server_cpu_pct']} %, pings p50 {r.get('ping_p50_ms')} "
+            f"max {r.get('ping_max_ms')} ms")
+        if pinger is not None:
+            self.extra.append(pinger)  # closed with the others
+
     async def close_all(self) -> None:
-        for c in self.conns.values():
+        conns = [*self.conns.values(), *self.extra]
+        for c in conns:
             c.close()
         deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and any(not c.closed for c in self.conns.values()):
+        while time.monotonic() < deadline and any(not c.closed for c in conns):
             await asyncio.sleep(0.05)
-        for c in self.conns.values():
+        for c in conns:
             if not c.closed:
                 c.abort()
 
@@ -993,6 +1064,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connect-timeout", type=float, default=5.0)
     p.add_argument("--login-timeout", type=float, default=15.0, help="per login, connect excluded")
     p.add_argument("--settle", type=float, default=2.0, help="seconds idle before reading RSS after the ramp")
+    p.add_argument("--hold", type=float, default=0.0,
+                   help="after the RSS reading, hold the sessions idle this long and measure the server's CPU")
+    p.add_argument("--pings", type=int, default=0,
+                   help="during the hold, one more client (user index N) sends this many XEP-0199 pings to "
+                   "the server, one at a time, and times the answers (ping_p50_ms, ping_max_ms)")
+    p.add_argument("--ping-interval", type=float, default=0.1, help="seconds between two --pings")
     p.add_argument(
         "--drain-timeout", type=float, default=5.0, help="wait for in-flight messages after a phase"
     )

@@ -94,7 +94,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         c2s, direct = free_port(), free_port()
         cfg = Path(d) / "rookery.toml"
-        cfg.write_text(f'domains = ["localhost"]\ndata_dir = "{d}/data"\nlog_level = "warning"\n'
+        # one process (workers = 1): the figure is that process's RSS per connection
+        cfg.write_text(f'domains = ["localhost"]\ndata_dir = "{d}/data"\nlog_level = "warning"\nworkers = 1\n'
                        f'event_loop = "{loop}"\n[c2s]\nlisten = ["127.0.0.1:{c2s}"]\ndirect_tls_listen = ["127.0.0.1:{direct}"]\n'
                        f'handshake_timeout = 600\n[http]\nlisten = []\ntls_listen = []\n'
                        f'[limits]\nmax_connections_per_ip = 0\nmax_unauthenticated_per_ip = 0\n')

@@ -12,6 +12,7 @@ import logging
 import os
 import ssl
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -88,6 +89,38 @@ def limit_tls_read_buffers(size: int = TLS_READ_BUFFER) -> None:
     from asyncio import sslproto
 
     sslproto.SSLProtocol.max_size = size
+    _share_tls_read_buffer(sslproto.SSLProtocol, size)
+
+
+def _share_tls_read_buffer(cls: type, size: int) -> None:
+    """One read buffer for all of asyncio's TLS connections instead of ``size`` bytes each (16 KiB
+    resident per idle connection: bytearrays are zero-filled).  The buffer only carries ciphertext
+    from ``sock.recv_into`` to ``buffer_updated``, which copies it into the connection's incoming BIO
+    in the same synchronous call (``get_buffer``, ``recv_into``, ``buffer_updated``: asyncio's
+    selector transports on Unix), so the connections of one event-loop thread can share it."""
+    import sys
+    import threading
+
+    init = cls.__init__  # type: ignore[misc]
+    if getattr(init, "_rookery_shared", None) == size or sys.platform == "win32":  # proactor reads overlap
+        return
+    original = getattr(init, "_rookery_original", init)
+    # one buffer per thread: a protocol is used only on its event loop's thread, and a process may run
+    # several loops in several threads (the tests do: two federated servers in one process)
+    local = threading.local()
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if len(self._ssl_buffer) <= size:  # what get_buffer() asks for never exceeds max_size
+            shared = getattr(local, "buffer", None)
+            if shared is None:
+                buf = bytearray(size)
+                shared = local.buffer = (buf, memoryview(buf))
+            self._ssl_buffer, self._ssl_buffer_view = shared
+
+    __init__._rookery_shared = size  # type: ignore[attr-defined]
+    __init__._rookery_original = original  # type: ignore[attr-defined]
+    cls.__init__ = __init__  # type: ignore[misc]
 
 
 #: no compression (CRIME), the server's cipher order, and no TLS 1.2 renegotiation (a client-initiated
@@ -151,7 +184,6 @@ class TLSManager:
 
     def pairs(self) -> dict[str, tuple[Path, Path]]:
         """Domain ("" for the default) -> (cert, key) files, as configured now."""
-        from typing import Any
 
         cfg: Any = self.cfg
         out: dict[str, tuple[Path, Path]] = {}
@@ -168,7 +200,6 @@ class TLSManager:
     def load(self) -> list[str]:
         """(Re)load every certificate; returns the domains with their own certificate.  Raises
         ``OSError``/``ssl.SSLError`` naming the file when one cannot be loaded (nothing is changed then)."""
-        from typing import Any
 
         cfg: Any = self.cfg
         pairs = self.pairs()

@@ -170,6 +170,8 @@ class EventBus:
             if r is not None and isawaitable(r):
                 pending.append(r)
         if pending:
+            if len(pending) == 1:  # the usual case: no gather (a task per awaitable and a future)
+                return _await_logged(event, pending[0])
             return _gather_logged(event, pending)
         return None
 
@@ -203,6 +205,20 @@ async def _fold_rest(event: str, first: Awaitable[Any], value: Any, rest: list[H
         except Exception:
             log.exception("fold handler for %s failed", event)
     return value
+
+
+async def _await_logged(event: str, aw: Awaitable[Any]) -> None:
+    """``_gather_logged`` of one awaitable: its failure is logged, never raised (a cancellation of
+    the awaiting task itself goes on)."""
+    try:
+        await aw
+    except asyncio.CancelledError as e:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.error("async handler for %s failed", event, exc_info=e)
+    except Exception as e:
+        log.error("async handler for %s failed", event, exc_info=e)
 
 
 async def _gather_logged(event: str, pending: list[Awaitable[Any]]) -> None:

@@ -199,6 +199,19 @@ class SQLAccountStore:
 
         return await self._db._write(tx)
 
+    def get_credentials_now(self, host: str, user: str) -> Any:
+        """``get_credentials`` answered without waiting (SQLite's inline reads), or ``NotImplemented``
+        when only the async path can answer (PostgreSQL, a busy database)."""
+        rows = self._db.point_read(_SQL_CREDENTIALS, (host, user))
+        if rows is not None:
+            if rows:
+                return {r[0]: ScramCredential(salt=bytes(r[1]), iterations=r[2], stored_key=bytes(r[3]),
+                                              server_key=bytes(r[4])) for r in rows}
+            exists = self._db.point_read(_SQL_ACCOUNT, (host, user))
+            if exists is not None:
+                return {} if exists else None
+        return NotImplemented
+
     async def get_credentials(self, host: str, user: str) -> dict[str, ScramCredential] | None:
         rows = self._db.point_read(_SQL_CREDENTIALS, (host, user))
         if rows is not None:  # SQLite fast path (see SQLStorage.point_read)

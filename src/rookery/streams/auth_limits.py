@@ -17,12 +17,14 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 _PRUNE_AT = 10000
 log = logging.getLogger("rookery.auth")
 
 
+@lru_cache(maxsize=4096)  # a login asks more than once, and ipaddress parsing costs ~5 us
 def address_key(ip: str) -> str:
     """The unit counted: the address itself, or its /64 for IPv6 (an IPv4-mapped one as IPv4)."""
     try:

@@ -13,6 +13,8 @@ import base64
 import hashlib
 import hmac
 import os
+import re
+import secrets
 from typing import Any
 
 from scramp import ScramException, ScramMechanism
@@ -96,27 +98,81 @@ def fake_credential(hash_name: str, username: str, secret: bytes) -> ScramCreden
                            server_key=os.urandom(hashlib.new(algo).digest_size))
 
 
+# RFC 5802 messages in their plainest form, the form every client sends for a login without extras:
+# client-first-message-bare "n=user,r=nonce" (a user name of printable ASCII with no escaped '=' or ','
+# and no extensions) and client-final-message "c=...,r=...,p=...".  ``ScramExchange`` checks these
+# itself (a few hmac.digest calls); anything else, and any failure, goes through scramp.
+_PLAIN_FIRST_BARE = re.compile(r"n=([\x21-\x2b\x2d-\x3c\x3e-\x7e]+),r=([\x21-\x2b\x2d-\x7e]+)")
+_PLAIN_FINAL = re.compile(r"(c=([A-Za-z0-9+/]+={0,2}),r=([\x21-\x2b\x2d-\x7e]+)),p=([A-Za-z0-9+/]+={0,2})")
+
+
 class ScramExchange:
-    """One server-side SCRAM exchange, driven by the stream (credentials fetched by the caller)."""
+    """One server-side SCRAM exchange, driven by the stream (credentials fetched by the caller).
+
+    A well-formed login (``_PLAIN_FIRST_BARE``, ``_PLAIN_FINAL``, the GS2 header this server expects)
+    is computed here with ``hmac.digest``: the messages, the nonce and the proof check are RFC 5802's
+    and exactly what scramp would compute.  Everything else (extensions, escaped names, authzids, a
+    channel-binding or nonce mismatch, bad base64, a wrong proof) is handed to scramp, replayed with
+    the same server nonce, so that errors and their texts are scramp's own."""
+
+    __slots__ = ("mechanism", "hash_name", "algo", "cb", "server", "username", "_s_nonce", "_client_first",
+                 "_bare", "_server_first", "_gs2", "_cred")
 
     def __init__(self, mechanism: str, cb_data: bytes | None) -> None:
         self.mechanism = mechanism
         base = mechanism.removesuffix("-PLUS")
         self.hash_name = base.removeprefix("SCRAM-")
-        self.mech = ScramMechanism(mechanism)
+        self.algo = HASHES[self.hash_name]
         self.cb = ("tls-server-end-point", cb_data) if cb_data is not None else None
+        #: set once the client-first message was taken (scramp's server, or True on the fast path)
         self.server: Any = None
         self.username = ""
+        self._s_nonce = ""
+        self._client_first = ""
+        self._bare = ""
+        self._server_first = ""
+        self._gs2 = b""  # the GS2 header plus channel-binding data the final message must carry
+        self._cred: ScramCredential | None = None
 
-    def first(self, client_first_b64: str, cred: ScramCredential) -> str:
-        client_first = _decode(client_first_b64).decode("utf-8", "replace")
+    def _scramp(self, cred: ScramCredential) -> Any:
         c = cred
 
         def auth_fn(_user: str) -> tuple[bytes, bytes, bytes, int]:
             return c.salt, c.stored_key, c.server_key, c.iterations
 
+        return ScramMechanism(self.mechanism).make_server(auth_fn, channel_binding=self.cb, s_nonce=self._s_nonce)
+
+    def _fast_gs2(self, header: str) -> bytes | None:
+        """The cbind input of a GS2 header scramp accepts without a word, else None."""
+        plus = self.mechanism.endswith("-PLUS")
+        if header == "n,,":
+            return None if plus else b"n,,"
+        if header == "y,,":
+            return None if plus or self.cb is not None else b"y,,"
+        if header == "p=tls-server-end-point,," and self.cb is not None:
+            return b"p=tls-server-end-point,," + self.cb[1]
+        return None
+
+    def first(self, client_first_b64: str, cred: ScramCredential) -> str:
+        client_first = _decode(client_first_b64).decode("utf-8", "replace")
+        self._client_first = client_first
+        self._cred = cred
+        self._s_nonce = secrets.token_hex()  # what scramp's Nonce.create() makes
+        header, sep, bare = client_first.partition(",")
+        header2, sep2, bare = bare.partition(",")
+        gs2 = self._fast_gs2(f"{header},{header2},") if sep and sep2 else None
+        m = _PLAIN_FIRST_BARE.fullmatch(bare) if gs2 is not None else None
+        if (m is not None and type(cred.salt) is bytes and len(cred.salt) >= 12  # what scramp accepts
+                and type(cred.iterations) is int and 4096 <= cred.iterations <= 10_000_000
+                and type(cred.stored_key) is bytes and type(cred.server_key) is bytes):
+            self._gs2 = gs2  # type: ignore[assignment]
+            self._bare = bare
+            self._server_first = (f"r={m.group(2)}{self._s_nonce},s={base64.b64encode(cred.salt).decode()}"
+                                  f",i={cred.iterations}")
+            self.server = True
+            return base64.b64encode(self._server_first.encode()).decode()
         try:
-            self.server = self.mech.make_server(auth_fn, channel_binding=self.cb)
+            self.server = self._scramp(cred)
             self.server.set_client_first(client_first)
             return base64.b64encode(self.server.get_server_first().encode()).decode()
         except ScramException as e:
@@ -125,6 +181,32 @@ class ScramExchange:
     def final(self, client_final_b64: str) -> str:
         client_final = _decode(client_final_b64).decode("utf-8", "replace")
         assert self.server is not None
+        if self.server is True:
+            m = _PLAIN_FINAL.fullmatch(client_final)
+            cred = self._cred
+            assert cred is not None
+            try:
+                cbind = base64.b64decode(m.group(2), validate=True) if m is not None else None
+                proof = base64.b64decode(m.group(4), validate=True) if m is not None else b""
+            except ValueError:  # bad padding: scramp's error
+                cbind = None
+            if (m is not None and cbind is not None and hmac.compare_digest(cbind, self._gs2)
+                    and m.group(3) == self._server_first[2:].partition(",")[0]):
+                algo = self.algo
+                auth = f"{self._bare},{self._server_first},{m.group(1)}".encode()
+                sig = hmac.digest(cred.stored_key, auth, algo)
+                if len(proof) == len(sig):
+                    key = (int.from_bytes(sig, "big") ^ int.from_bytes(proof, "big")).to_bytes(len(sig), "big")
+                    if hmac.compare_digest(hashlib.new(algo, key).digest(), cred.stored_key):
+                        verifier = hmac.digest(cred.server_key, auth, algo)
+                        return base64.b64encode(b"v=" + base64.b64encode(verifier)).decode()
+            # anything else (a wrong proof too): scramp, replayed with the same nonce, says what is wrong
+            self.server = self._scramp(cred)
+            try:
+                self.server.set_client_first(self._client_first)
+                self.server.get_server_first()
+            except ScramException as e:  # cannot be: the fast path took this message
+                raise SASLFailure("not-authorized", str(e)) from None
         try:
             self.server.set_client_final(client_final)
             return base64.b64encode(self.server.get_server_final().encode()).decode()

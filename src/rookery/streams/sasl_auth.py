@@ -219,7 +219,9 @@ class SASLAuth:
         if not stream.closed and _state(stream).exchange is ex:
             await self._await(self._scram_final(stream, ex, text))
 
-    async def _scram_first(self, stream: Any, text: str) -> None:
+    def _scram_first(self, stream: Any, text: str) -> Awaitable[None] | None:
+        """The client-first message: answered at once when the credentials can be read without waiting
+        (``get_credentials_now``: SQLite's inline read), else once they are read."""
         ex = _state(stream).exchange
         assert ex is not None
         try:
@@ -227,23 +229,38 @@ class SASLAuth:
             authzid = client_first.split(",", 2)[1] if client_first.count(",") >= 2 else ""
             user = sasl.parse_scram_username(client_first)
         except (ValueError, UnicodeDecodeError):
-            return await self._await(self._failure(stream, "incorrect-encoding"))
+            return self._failure(stream, "incorrect-encoding")
         except sasl.SASLFailure as f:
-            return await self._await(self._failure(stream, f.condition))
+            return self._failure(stream, f.condition)
         if authzid.startswith("a=") and not _authzid_ok(stream, user, authzid[2:]):
-            return await self._await(self._failure(stream, "invalid-authzid"))
+            return self._failure(stream, "invalid-authzid")
         _state(stream).user = user
-        creds = await self.creds.get_credentials(stream.local_domain, user) if user else None
+        if not user:
+            return self._scram_challenge(stream, ex, text, None)
+        now = getattr(self.creds, "get_credentials_now", None)
+        creds = now(stream.local_domain, user) if now is not None else NotImplemented
+        if creds is NotImplemented:
+            return self._scram_first_later(stream, ex, text, user)
+        return self._scram_challenge(stream, ex, text, creds)
+
+    async def _scram_first_later(self, stream: Any, ex: sasl.ScramExchange, text: str, user: str) -> None:
+        creds = await self.creds.get_credentials(stream.local_domain, user)
+        await self._await(self._scram_challenge(stream, ex, text, creds))
+
+    def _scram_challenge(self, stream: Any, ex: sasl.ScramExchange, text: str,
+                         creds: dict[str, ScramCredential] | None) -> Awaitable[None] | None:
+        user = _state(stream).user
         cred = (creds or {}).get(ex.hash_name) or sasl.fake_credential(ex.hash_name, user, self.secret)
         ex.username = user if creds else ""
         try:
             challenge = ex.first(text, cred)
         except sasl.SASLFailure as f:  # e.g. a channel-binding type this server does not offer
-            return await self._await(self._failure(stream, f.condition, f.text))
+            return self._failure(stream, f.condition, f.text)
         if not stream.closed:
             c = Element(_SASL + "challenge")
             c.text = challenge
             stream.send(c)
+        return None
 
     # -- PLAIN (RFC 4616) --------------------------------------------------------------------
     async def _plain(self, stream: Any, text: str) -> None:

@@ -12,11 +12,20 @@ import ipaddress
 import logging
 import ssl
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from .limits import ConnectionLimiter, DrainWaiters, address_key
 
 log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=4096)
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class RateLimit:
@@ -124,10 +133,7 @@ class StreamProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = peer[0]
-            try:
-                self.is_loopback = ipaddress.ip_address(self.peer_ip.split("%")[0]).is_loopback
-            except ValueError:
-                self.is_loopback = False
+            self.is_loopback = _is_loopback(self.peer_ip)
         adm = self._admission
         if adm is not None:
             key = address_key(self.peer_ip)
