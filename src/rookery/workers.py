@@ -173,7 +173,11 @@ class Supervisor:
 
     async def prepare(self) -> None:
         """What exists once, before any worker starts (workers would race to create it)."""
-        from . import server_secret, tls
+        from . import fdlimit, server_secret, tls
+
+        # every accepted connection passes through here (and the workers inherit the limit, which
+        # each raises for itself too)
+        fdlimit.raise_nofile_limit(self.cfg.limits.max_connections)
         from .storage.sql import make_storage
 
         data_dir = self.cfg.data_path()

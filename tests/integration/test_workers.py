@@ -29,8 +29,10 @@ from rookery.testing import ProcessServer
 C = "{jabber:client}"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster() -> Iterator[ProcessServer]:
+    """One two-worker server for the tests of this module that leave it as they found it (the
+    SIGKILL test restarts worker 1 and waits until it is back)."""
     d = tempfile.mkdtemp(prefix="rookery-workers-")
     s = ProcessServer({"workers": 2, "modules": ["roster", "presence", "disco", "ping"]}, Path(d)).start()
     yield s
