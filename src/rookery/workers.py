@@ -205,7 +205,7 @@ class Supervisor:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cmd = [sys.executable, "-m", "rookery.workers", "--index", str(w.index), "--count", str(self.count),
                "--channel", str(child.fileno()), "--sockets", str(self.sockets),
-               "--listeners", json.dumps(self.addresses)]
+               "--listeners", json.dumps(self.addresses), "--supervisor", str(os.getpid())]
         if self.config_path is not None:
             cmd += ["--config", self.config_path]
         w.proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], start_new_session=False)
@@ -365,6 +365,22 @@ async def supervise(cfg: Config, config_path: str | None, count: int) -> int:
 
 
 # -- a worker process -------------------------------------------------------------------------
+def _die_with_supervisor(supervisor: int) -> None:
+    """A supervisor killed with SIGKILL takes its workers with it (Linux ``PR_SET_PDEATHSIG``): a
+    ``kill -9`` of the server is one, and a new server on the same data directory never meets the old
+    one's workers."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if supervisor and os.getppid() != supervisor:  # it died before prctl took effect
+        os._exit(1)
+
+
 def _worker_main(argv: list[str]) -> int:
     from . import logsetup
     from .config import load_config
@@ -376,7 +392,9 @@ def _worker_main(argv: list[str]) -> int:
     p.add_argument("--sockets", required=True)
     p.add_argument("--listeners", default="[]")
     p.add_argument("--config")
+    p.add_argument("--supervisor", type=int, default=0)
     a = p.parse_args(argv)
+    _die_with_supervisor(a.supervisor)
     cfg = load_config(a.config) if a.config else Config()
     logsetup.configure(cfg)
     channel = socket.socket(fileno=a.channel)
