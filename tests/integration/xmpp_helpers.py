@@ -199,6 +199,10 @@ async def slix_client(server, jid: str, password: str, *, direct_tls: bool = Fal
         # then send initial presence
         await c.get_roster()
         c.send_presence()
+        # a round trip: the server handles a client's stanzas in order, so once this is answered the
+        # initial presence has been processed (the resource is available: a message sent to the
+        # account from elsewhere now is delivered, not stored offline)
+        await c.get_roster()
     return c
 
 
