@@ -427,22 +427,34 @@ class Server:
                 # [limits] max_resources_per_account: the new resource is refused, the bound ones
                 # keep working (a replaced full JID is not a new resource)
                 raise BindRefused("resource-constraint", f"this account has {limit} resources bound already")
-        auth = stream.auth_info if stream.auth_info is not None else {}
+        session = self._new_session(stream, jid, stream.auth_info if stream.auth_info is not None else {})
+        # not attached yet: the stream attaches it once the bind result is written, so whatever is
+        # routed to it meanwhile (a replaced session's queue, session-bound handlers) follows the result
+        self._register(session)
+        return session
+
+    def _new_session(self, stream: C2SStream, jid: JID, auth: dict[str, Any]) -> Session:
+        """The session of ``jid`` on ``stream``, with how it authenticated (``auth``: for operators)."""
         auth["ip"] = stream.transport.peer_ip
         auth["secure"] = stream.transport.is_secure
         if self.cluster is not None:  # other workers show it in `rookery sessions`
             auth["tls"] = getattr(stream.transport, "tls_version", None) or None
         session = Session(jid, self.events.filters, auth)
         stream.transport.authenticated()
-        old = self.sessions.add(session)
+        return session
+
+    def _register(self, session: Session, moved: bool = False) -> None:
+        """Into the registry (``moved``: handed over by another worker, not a new bind); a session that
+        had its full JID is closed with ``<conflict/>`` (RFC 6120 §7.7.2.2); then ``session-bound``."""
+        if moved and self.cluster is not None:
+            old = self.cluster.add(session, moved=True)
+        else:
+            old = self.sessions.add(session)
         if old is not None:
             self.sessions.close(old, "conflict", "replaced by a new session")
-        # not attached yet: the stream attaches it once the bind result is written, so whatever is
-        # routed to it meanwhile (a replaced session's queue, session-bound handlers) follows the result
         r = self.events.fire("session-bound", session)
         if r is not None:
             self.tasks.spawn(r)
-        return session
 
     def adopt(self, stream: C2SStream, jid: JID, state: dict[str, Any], ext: dict[str, Any]) -> Session:
         """XEP-0198 hand-over (issue 12): the session ``jid`` of the account authenticated on ``stream``,
@@ -452,22 +464,11 @@ class Server:
         ``session-bound``.  Not attached: the caller resumes it on ``stream``."""
         if jid.local != stream.username or jid.domain != stream.local_domain or jid.resource is None:
             raise ValueError("that session belongs to another account")
-        auth = dict(stream.auth_info) if stream.auth_info is not None else {}
-        auth["ip"] = stream.transport.peer_ip
-        auth["secure"] = stream.transport.is_secure
-        if self.cluster is not None:  # other workers show it in `rookery sessions`
-            auth["tls"] = getattr(stream.transport, "tls_version", None) or None
-        session = Session(jid, self.events.filters, auth)
+        session = self._new_session(stream, jid, dict(stream.auth_info) if stream.auth_info is not None else {})
         for k, v in state.items():
             setattr(session, k, v)
         session.ext.update(ext)
-        stream.transport.authenticated()
-        old = self.cluster.add(session, moved=True) if self.cluster is not None else self.sessions.add(session)
-        if old is not None:
-            self.sessions.close(old, "conflict", "replaced by a new session")
-        r = self.events.fire("session-bound", session)
-        if r is not None:
-            self.tasks.spawn(r)
+        self._register(session, moved=True)
         return session
 
     def stream_started(self, stream: C2SStream) -> None:

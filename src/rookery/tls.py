@@ -133,15 +133,7 @@ def server_context(cert: Path, key: Path, min_version: str = "1.2", alpn: list[s
                    ciphers: str | None = None) -> ssl.SSLContext:
     """A server-side context: TLS 1.2+ (RFC 7590 §3), no compression, server cipher preference, the
     TLS 1.2 ``ciphers`` given (an OpenSSL cipher list; TLS 1.3 suites are all strong)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    ctx.options |= SERVER_OPTIONS
-    if ciphers:
-        ctx.set_ciphers(ciphers)
-    ctx.load_cert_chain(str(cert), str(key))
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    return ctx
+    return configure_context(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key, min_version, alpn, ciphers)
 
 
 def tls_server_end_point(cert_path: Path) -> bytes:
