@@ -823,22 +823,7 @@ class MUC(Module):
     def occupant_vcard(self, st: Stanza) -> None:
         """An occupant's vCard (XEP-0054 to ``room@service/nick``): the room asks the occupant's
         account as the requesting occupant, and relays the answer, so that real JIDs stay hidden."""
-        room = self._room(st)
-        frm, to = st.from_, st.to
-        assert frm is not None and to is not None and to.resource is not None
-        sender = room.occupant_of(frm.full)
-        if sender is None:
-            raise StanzaError("not-acceptable", "join the room first")
-        target = room.occupants.get(enforce_nick(to.resource)[1])
-        if target is None:
-            raise StanzaError("item-not-found", "no such occupant")
-        if len(self._relayed) >= MAX_RELAYED:  # answers that never came
-            self._relayed.pop(next(iter(self._relayed)))
-        rid = secrets.token_hex(8)
-        self._relayed[rid] = (frm.full, st.id or "", f"{room.jid}/{target.nick}")
-        fwd = Element("iq", {"type": "get", "id": rid, "from": f"{room.jid}/{sender.nick}", "to": target.bare})
-        fwd.append(st.el[0])
-        self._route(fwd)
+        self._relay_to_occupant(st, lambda target: target.bare, need_session=False)
         return None
 
     @hook("iq/full", on="service")
@@ -847,6 +832,14 @@ class MUC(Module):
         above takes (disco, version, time, ...) goes to one session of that occupant, from the
         sender's occupant JID, and its answer comes back the same way (ids rewritten, real JIDs
         hidden).  Only occupants may ask (``not-acceptable``)."""
+        self._relay_to_occupant(st, lambda target: target.jid)  # its most recent session
+        return True
+
+    def _relay_to_occupant(self, st: Stanza, address: Any, need_session: bool = True) -> None:
+        """Send ``st``'s payload to ``address(target)`` — the occupant ``st`` is addressed to — from
+        the sender's occupant JID, with a fresh id whose answer ``_relay_back`` returns to the sender.
+        Only occupants may ask (``not-acceptable``); an unknown occupant (or, with ``need_session``,
+        one with no session) is ``item-not-found``."""
         room = self._room(st)
         frm, to = st.from_, st.to
         assert frm is not None and to is not None and to.resource is not None
@@ -854,17 +847,16 @@ class MUC(Module):
         if sender is None:
             raise StanzaError("not-acceptable", "join the room first")
         target = room.occupants.get(enforce_nick(to.resource)[1])
-        if target is None or not target.sessions:
+        if target is None or (need_session and not target.sessions):
             raise StanzaError("item-not-found", "no such occupant")
         if len(self._relayed) >= MAX_RELAYED:  # answers that never came
             self._relayed.pop(next(iter(self._relayed)))
         rid = secrets.token_hex(8)
         self._relayed[rid] = (frm.full, st.id or "", f"{room.jid}/{target.nick}")
         fwd = Element("iq", {"type": st.type or "get", "id": rid, "from": f"{room.jid}/{sender.nick}",
-                             "to": target.jid})  # its most recent session
+                             "to": address(target)})
         fwd.append(st.el[0])
         self._route(fwd)
-        return True
 
     @hook("iq-result/full", on="service")
     def relayed_result(self, st: Stanza) -> bool:
