@@ -699,14 +699,9 @@ class Server:
             self.end_session(session)
 
     def _sessions_lost(self, lost: list[RemoteSession], designated: bool) -> None:
-        """A worker died with these sessions: every worker's modules forget them (``sessions-lost``);
+        """A worker died with these sessions (every worker's modules have had ``session-gone`` for each):
         one worker (``designated``) ends them as if their streams had closed — ``session-ended``: their
         contacts get unavailable presence (RFC 6121 §4.5.3), last activity is kept …"""
-        if not lost:
-            return
-        r = self.events.fire("sessions-lost", lost)
-        if r is not None:
-            self.tasks.spawn(r)
         if designated:
             for ref in lost:
                 r = self.events.fire("session-ended", ref)
